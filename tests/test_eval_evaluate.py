@@ -1,0 +1,131 @@
+"""evaluate_segmentation on in-memory datasets: the paper protocol, variants, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cordaseg.config import ConfigError
+from cordaseg.data.labels import IGNORE_INDEX
+from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
+from cordaseg.evaluation.inference import InferenceConfig
+from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
+
+
+class OracleNet(nn.Module):
+    """Reads the class from image channel 0 and the depth from channel 1: a perfect model."""
+
+    def forward(self, x: torch.Tensor) -> CordaOutput:
+        classes = x[:, 0].round().long().clamp(0, 18)
+        semantic = F.one_hot(classes, 19).permute(0, 3, 1, 2).float() * 10  # (B, 19, H, W)
+        return CordaOutput(semantic=semantic, depth=x[:, 1:2], depth_source=x[:, 1:2] * 2)
+
+
+def oracle_items(count: int = 3, size: tuple[int, int] = (12, 16)) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(count):
+        label = torch.randint(0, 19, size, generator=generator)
+        depth = torch.rand(size, generator=generator) * 4 + 1.5
+        image = torch.stack([label.float(), depth, torch.zeros(size)])
+        label[0, :3] = IGNORE_INDEX
+        depth[1, :2] = 1.0  # invalid depth pixels
+        items.append({"image": image, "label": label, "depth": depth, "name": f"img{i}"})
+    return items
+
+
+def test_perfect_model_scores_100_and_exact_depth():
+    result = evaluate_segmentation(OracleNet(), oracle_items(), device="cpu", progress=False, keep_samples=2)
+    assert result.miou == {19: 100.0, 16: 100.0, 13: 100.0}
+    assert result.pixel_accuracy == 100.0
+    assert result.num_images == 3
+    assert result.depth["depth"]["abs_rel"] == 0.0 and result.depth["depth"]["delta1"] == 100.0
+    assert result.depth["depth"]["pixels"] == 3 * (12 * 16 - 2)
+    assert result.depth["depth_source"]["delta1"] == 0.0  # twice the target: ratio 2
+    assert len(result.samples) == 2 and result.samples[0].name == "img0"
+    assert result.samples[0].prediction.shape == (12, 16)
+
+
+def _manual_confusion(model, items, size_of) -> np.ndarray:
+    matrix = np.zeros((19, 19), dtype=np.int64)
+    with torch.no_grad():
+        for item in items:
+            logits = model(item["image"][None]).semantic
+            label = size_of(item)
+            logits = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=True)
+            prediction = logits.argmax(1)[0].numpy()
+            valid = label < 19
+            np.add.at(matrix, (label[valid], prediction[valid]), 1)
+    return matrix
+
+
+def _tiny_items(count: int = 4) -> list[dict]:
+    generator = torch.Generator().manual_seed(1)
+    return [
+        {
+            "image": torch.randn(3, 32, 48, generator=generator) * 40,
+            "label": torch.randint(0, 22, (64, 96), generator=generator).masked_fill(
+                torch.rand(64, 96, generator=generator) < 0.1, IGNORE_INDEX),
+            "name": f"frame{i}",
+        }
+        for i in range(count)
+    ]
+
+
+def test_full_resolution_protocol_matches_manual_computation_and_batching():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone_depth=18, head_width=32, backbone_width=16)).train()
+    items = _tiny_items()
+    expected = _manual_confusion(model.eval(), items, lambda item: item["label"].numpy())
+    model.train()
+    one = evaluate_segmentation(model, items, device="cpu", progress=False)
+    two = evaluate_segmentation(model, items, device="cpu", batch_size=2, progress=False)
+    np.testing.assert_array_equal(one.confusion, expected)
+    np.testing.assert_array_equal(two.confusion, expected)
+    assert model.training  # mode restored
+    assert one.depth == {}  # the items carry no depth ground truth
+
+
+def test_input_resolution_variant_resizes_labels_to_the_input():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone_depth=18, head_width=32, backbone_width=16)).eval()
+    items = _tiny_items(2)
+    # 2x downscale by pixel centres: rows/cols 1, 3, 5, ... (like PIL NEAREST)
+    expected = _manual_confusion(model, items, lambda item: item["label"].numpy()[1::2, 1::2])
+    result = evaluate_segmentation(model, items, device="cpu", output_size="input", progress=False)
+    np.testing.assert_array_equal(result.confusion, expected)
+    assert result.confusion.sum() == sum(int((i["label"][1::2, 1::2] < 19).sum()) for i in items)
+
+
+def test_tta_and_bf16_run_and_count_the_same_pixels():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone_depth=18, head_width=32, backbone_width=16)).eval()
+    items = _tiny_items(2)
+    plain = evaluate_segmentation(model, items, device="cpu", progress=False)
+    tta = evaluate_segmentation(model, items, device="cpu", progress=False, inference=InferenceConfig(
+        scales=(0.75, 1.0), flip=True, sliding_window=True, window=(24, 24), stride=(16, 16)))
+    bf16 = evaluate_segmentation(model, items, device="cpu", precision="bf16", progress=False)
+    assert tta.confusion.sum() == plain.confusion.sum() == bf16.confusion.sum()
+    with pytest.raises(ConfigError, match="output_size"):
+        evaluate_segmentation(model, items, device="cpu", output_size="half", progress=False)
+
+
+def test_json_and_csv_outputs(tmp_path):
+    result = evaluate_segmentation(OracleNet(), oracle_items(), device="cpu", progress=False)
+    data = json.loads(write_json(result, tmp_path / "scores.json").read_text())
+    assert data["miou"] == {"19": 100.0, "16": 100.0, "13": 100.0}
+    assert data["iou"]["road"] == 100.0 and len(data["iou"]) == 19
+    assert np.asarray(data["confusion_matrix"]).shape == (19, 19)
+    rows = list(csv.reader((write_csv(result, tmp_path / "scores.csv")).open()))
+    assert rows[0] == ["class", "train_id", "iou", "in_19", "in_16", "in_13"]
+    terrain = next(r for r in rows if r[0] == "terrain")
+    assert terrain[3:] == ["1", "0", "0"]
+    assert ["mIoU13", "", "100.0000"] in rows
+    table = result.format_table()
+    assert "mIoU (16 classes): 100.00" in table and "depth head depth:" in table

@@ -1,0 +1,184 @@
+"""Writing the synthetic street world as real dataset trees (issue 6, part 3).
+
+- The **source** domain becomes a GTA5 tree (``images/``, ``labels/`` palette PNGs of Cityscapes
+  label IDs, ``disparity/`` uint16 PNGs). Its rendered metric depth ``Z`` is mapped to the
+  loader's inverse-depth-like value with the *same* formula as the Cityscapes stereo decode
+  (spec section 5), ``655.36 / (Z + 0.01)``, then encoded the GTA way, ``round((v - 1) * 256)``.
+  So both domains' depth lives on one scale. Sky is invalid (encoded 0, decoded exactly 1.0);
+  the 16-bit code saturates below ``655.36 / 257 - 0.01 = 2.54`` m, nearer points read as 2.54 m.
+- The **target** domain becomes a Cityscapes tree: ``leftImg8bit``/``rightImg8bit`` for train and
+  val, ``gtFine`` labelIds for both splits (val is the evaluation set; train labels exist so a
+  target oracle can be trained as the upper bound), ``camera`` JSON files, and for train the
+  stereo depth ``depth/train/.../*_depth_stereoscopic.mat`` computed from the rendered pair with
+  the flaws of real stereo (:func:`stereo_depth`).
+
+:func:`generate_world` renders both, in parallel processes, and records what it made in
+``world.json``; a second call with the same specification returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cordaseg.data import formats
+from cordaseg.data.world.domains import SOURCE, Frame, render_frame, target_domain
+from cordaseg.data.world.render import Camera
+from cordaseg.errors import DataError
+
+# Bumped whenever the world's content changes, so cached worlds are regenerated.
+WORLD_VERSION = 1
+MANIFEST = "world.json"
+TRAIN_CITY = "synthtown"
+VAL_CITY = "synthvale"
+# Stereo matching quality, in pixels of a 2048-wide sensor (Cityscapes' resolution), scaled to the
+# rendered width: disparity noise sigma and the smallest disparity a matcher resolves.
+STEREO_NOISE_PX_AT_2048 = 0.3
+STEREO_MIN_DISPARITY_PX_AT_2048 = 1.0
+# Seed streams of the three frame sets: each frame's generator is seeded (seed, stream, index).
+STREAMS = {"source": 0, "train": 1, "val": 2}
+
+
+def inverse_depth(depth_m: np.ndarray) -> np.ndarray:
+    """Metric depth -> the loader's ``655.36 / (Z + 0.01)``; non-finite (sky) -> the invalid 1.0."""
+    depth_m = np.asarray(depth_m, dtype=np.float64)
+    finite = np.isfinite(depth_m)
+    value = np.ones_like(depth_m)
+    value[finite] = formats.INVERSE_DEPTH_SCALE / (depth_m[finite] + formats.INVERSE_DEPTH_OFFSET)
+    return value
+
+
+def stereo_depth(left_depth: np.ndarray, right_depth: np.ndarray, camera: Camera,
+                 rng: np.random.Generator) -> np.ndarray:
+    """What a stereo matcher would measure from the rendered pair: metres, 0 where invalid.
+
+    Flaws of real stereo depth: no depth in the sky; none where the left pixel is hidden in the
+    right view (occlusions) or falls outside it (left border), and a pixel either side of every
+    depth discontinuity; Gaussian disparity noise, so the depth error grows with the square of the
+    distance; nothing beyond the smallest resolvable disparity.
+    """
+    h, w = left_depth.shape
+    focal_baseline = camera.fx * camera.baseline  # px * m
+    scale = w / 2048.0
+    finite = np.isfinite(left_depth)
+    z = np.where(finite, left_depth, 1.0)
+    disparity = np.where(finite, focal_baseline / z, 0.0)  # (H, W) px
+    u_right = np.arange(w)[None, :] - disparity
+    valid = finite & (u_right >= 0)
+    col = np.clip(np.rint(u_right), 0, w - 1).astype(np.intp)
+    seen = np.take_along_axis(right_depth, col, axis=1)
+    valid &= seen > z * 0.97  # something nearer covers the point in the right view: occluded
+    log_z = np.log(np.where(finite, z, 1e4))
+    edge = np.zeros((h, w), dtype=bool)
+    jump = np.abs(np.diff(log_z, axis=1)) > 0.15
+    edge[:, 1:] |= jump
+    edge[:, :-1] |= jump
+    valid &= ~edge
+    noisy = disparity + rng.normal(0.0, STEREO_NOISE_PX_AT_2048 * scale, size=(h, w))
+    valid &= noisy > STEREO_MIN_DISPARITY_PX_AT_2048 * scale
+    return np.where(valid, focal_baseline / np.where(valid, noisy, 1.0), 0.0).astype(np.float32)
+
+
+def _frame_id(split: str, index: int) -> tuple[str, str]:
+    city = TRAIN_CITY if split == "train" else VAL_CITY
+    return city, f"{city}_{index:06d}_000019"
+
+
+def _frame_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[stream], index])
+
+
+def _write_source(root: Path, index: int, frame: Frame) -> None:
+    paths = formats.gta5_paths(root, f"{index + 1:05d}")
+    formats.write_rgb_png(paths.image, frame.rgb)
+    formats.write_palette_label_png(paths.label, frame.label_ids)
+    formats.write_uint16_png(paths.depth, formats.encode_gta_disparity(inverse_depth(frame.depth)))
+
+
+def _write_target(root: Path, split: str, index: int, frame: Frame, rng: np.random.Generator) -> None:
+    city, frame_id = _frame_id(split, index)
+    paths = formats.cityscapes_paths(root, split, city, frame_id, depth="stereo")
+    formats.write_rgb_png(paths.image, frame.rgb)
+    formats.write_gray_label_png(paths.label, frame.label_ids)
+    formats.write_rgb_png(formats.cityscapes_right_image_path(root, split, city, frame_id), frame.right_rgb)
+    cam = frame.camera
+    formats.write_camera_json(formats.cityscapes_camera_path(root, split, city, frame_id),
+                              baseline=cam.baseline, fx=cam.fx, fy=cam.fy, u0=cam.cx, v0=cam.cy)
+    if split == "train":
+        formats.write_stereo_depth_mat(paths.depth, stereo_depth(frame.depth, frame.right_depth, cam, rng))
+
+
+def _make_frame(job: tuple) -> None:
+    """Render and write one frame; a top-level function so worker processes can run it."""
+    stream, index, root, size, shift, seed = job
+    rng = _frame_rng(seed, stream, index)
+    if stream == "source":
+        _write_source(Path(root), index, render_frame(SOURCE, size, rng))
+    else:
+        frame = render_frame(target_domain(shift), size, rng, stereo=True)
+        _write_target(Path(root), stream, index, frame, rng)
+
+
+def _spec(num_source, num_target_train, num_target_val, size, shift, seed) -> dict:
+    return {"version": WORLD_VERSION, "num_source": num_source, "num_target_train": num_target_train,
+            "num_target_val": num_target_val, "size": list(size), "shift": float(shift), "seed": seed}
+
+
+def generate_world(out_dir: str | Path, num_source: int, num_target_train: int, num_target_val: int,
+                   size: tuple[int, int] = (256, 128), shift: float = 1.0, seed: int = 0,
+                   progress: bool = True, workers: int | None = None) -> tuple[Path, Path]:
+    """Render the world into ``out_dir/source`` (GTA5 tree) and ``out_dir/target`` (Cityscapes tree).
+
+    ``size`` is (W, H); ``shift`` the strength of the domain gap (0: none, 1: full); ``seed`` picks
+    the layouts (each frame set has its own seed stream, so adding frames keeps the old ones).
+    ``workers`` processes render in parallel (default: one per CPU; 0 renders in this process).
+    The specification is written to ``out_dir/world.json`` when everything is written; if that
+    file already holds the same specification, nothing is rendered. Returns the two tree roots.
+    """
+    out_dir = Path(out_dir)
+    width, height = (int(v) for v in size)
+    for name, value in (("num_source", num_source), ("num_target_train", num_target_train),
+                        ("num_target_val", num_target_val)):
+        if int(value) < 0:
+            raise DataError(f"{name} must be >= 0, got {value}")
+    if width < 16 or height < 16:
+        raise DataError(f"size must be at least 16x16 (W, H), got {width}x{height}")
+    try:
+        target_domain(shift)
+    except ValueError as err:
+        raise DataError(str(err)) from err
+    source_root, target_root = out_dir / "source", out_dir / "target"
+    spec = _spec(int(num_source), int(num_target_train), int(num_target_val), (width, height), shift, int(seed))
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text()) == spec:
+                return source_root, target_root
+        except json.JSONDecodeError:
+            pass  # a damaged manifest: render again
+        manifest.unlink()
+
+    jobs = [("source", i, str(source_root), (width, height), shift, seed) for i in range(spec["num_source"])]
+    jobs += [("train", i, str(target_root), (width, height), shift, seed) for i in range(spec["num_target_train"])]
+    jobs += [("val", i, str(target_root), (width, height), shift, seed) for i in range(spec["num_target_val"])]
+    workers = os.cpu_count() or 1 if workers is None else int(workers)
+    bar = tqdm(total=len(jobs), desc="rendering world", unit="frame", disable=not progress)
+    if workers <= 0 or len(jobs) < 4:
+        for job in jobs:
+            _make_frame(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_make_frame, jobs, chunksize=8):
+                bar.update()
+    bar.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = manifest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(spec, indent=2))
+    tmp.replace(manifest)
+    return source_root, target_root

@@ -1,0 +1,204 @@
+"""The project's checkpoint format, atomic writing, and ``load_model`` for any supported file.
+
+A project checkpoint is a dict that ``torch.load(..., weights_only=True)`` reads:
+
+- ``format``: ``"cordaseg"``; ``format_version``: :data:`FORMAT_VERSION`;
+- ``model_config``: the :class:`ModelConfig` as a dict; ``model``: the student's state dict;
+- training checkpoints add ``teacher`` (the EMA model), ``optimizer``, ``iteration``, ``config``
+  (the whole resolved training config), ``rng`` and ``data_state``.
+
+Reference files (training checkpoints with ``model`` / ``ema_model`` / ``optimizer`` /
+``iteration`` / ``config``, or bare state dicts, ``module.``-prefixed or not) are converted in
+memory by :mod:`cordaseg.models.convert`. They are old pickles: they are read with
+``weights_only=True`` where that works; a file that needs full unpickling (which can run code) is
+only read when the caller passes ``trust_pickle=True`` after the user has been told.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cordaseg.config import ConfigError, from_dict, to_dict
+from cordaseg.errors import CheckpointError
+from cordaseg.models.convert import (
+    detect_variant,
+    infer_shape_config,
+    reference_to_project,
+    strip_module_prefix,
+)
+from cordaseg.models.corda import CordaNet, ModelConfig, build_model
+
+FORMAT = "cordaseg"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """The project checkpoint dict for ``model`` (a DDP wrapper is unwrapped)."""
+    net = getattr(model, "module", model)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": to_dict(cfg),
+        "model": net.state_dict(),
+        **extra,
+    }
+
+
+def read_file(path: str | Path, trust_pickle: bool = False) -> Any:
+    """Load any checkpoint file onto the CPU, safely unless ``trust_pickle``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: cannot be read with weights_only=True ({str(err).splitlines()[0]}). It is a "
+                "full pickle, and unpickling can run code: if you trust this file, pass --trust-pickle "
+                "(trust_pickle=True)"
+            ) from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a corrupt file: say which one
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+
+
+def is_project_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _state_dicts_of_reference(obj: Any, path: Path) -> tuple[dict, dict | None, int | None]:
+    """(student state, teacher state or None, iteration or None) of a reference file."""
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        teacher = obj.get("ema_model")
+        teacher = teacher if isinstance(teacher, dict) else None
+        iteration = obj.get("iteration")
+        return obj["model"], teacher, iteration if isinstance(iteration, int) else None
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None, None
+    raise CheckpointError(f"{path}: neither a cordaseg checkpoint, a reference checkpoint nor a state dict")
+
+
+def convert_reference(obj: Any, path: str | Path = "<memory>", variant: str | None = None) -> dict[str, Any]:
+    """A reference checkpoint (already loaded) -> the project's checkpoint dict.
+
+    The reference optimiser state is not carried over: its parameter order is the reference's,
+    so a converted file is for evaluation and fine-tuning, not for resuming the reference's run.
+    """
+    student, teacher, iteration = _state_dicts_of_reference(obj, Path(path))
+    student = strip_module_prefix(student)
+    variant = variant or detect_variant(student)
+    cfg = infer_shape_config(student, variant)
+    with torch.device("meta"):
+        target = CordaNet(cfg).state_dict()
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": to_dict(cfg),
+        "model": reference_to_project(student, target, cfg.arch),
+        "source": {"kind": "reference", "variant": variant, "file": str(path)},
+    }
+    if teacher is not None:
+        payload["teacher"] = reference_to_project(strip_module_prefix(teacher), target, cfg.arch)
+    if iteration is not None:
+        payload["iteration"] = iteration
+    return payload
+
+
+def convert_file(src: str | Path, dst: str | Path, variant: str | None = None,
+                 trust_pickle: bool = False) -> dict[str, Any]:
+    """Convert a reference file ``src`` into a project checkpoint at ``dst``; returns a summary."""
+    obj = read_file(src, trust_pickle=trust_pickle)
+    if is_project_checkpoint(obj):
+        raise CheckpointError(f"{src} is already a cordaseg checkpoint")
+    payload = convert_reference(obj, src, variant)
+    atomic_save(payload, dst)
+    return {
+        "variant": payload["source"]["variant"],
+        "model_config": payload["model_config"],
+        "tensors": len(payload["model"]),
+        "teacher": "teacher" in payload,
+        "iteration": payload.get("iteration"),
+    }
+
+
+def model_config_of(payload: dict[str, Any], path: str | Path = "<memory>") -> ModelConfig:
+    try:
+        return from_dict(ModelConfig, payload["model_config"], prefix="model_config")
+    except (KeyError, ConfigError) as err:
+        raise CheckpointError(f"{path}: bad model_config ({err})") from err
+
+
+def load_model(path: str | Path, weights: str = "student", variant: str | None = None,
+               trust_pickle: bool = False, map_location: str | torch.device = "cpu"
+               ) -> tuple[CordaNet, ModelConfig]:
+    """Any supported checkpoint -> (model in eval mode, its ModelConfig).
+
+    ``weights`` picks the student (``"student"``, the default, what the paper evaluates) or the
+    EMA teacher (``"teacher"``) of a training checkpoint.
+    """
+    if weights not in ("student", "teacher"):
+        raise CheckpointError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    obj = read_file(path, trust_pickle=trust_pickle)
+    if is_project_checkpoint(obj):
+        version = obj.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format_version {version} is not supported (this is {FORMAT_VERSION})")
+        payload = obj
+    else:
+        payload = convert_reference(obj, path, variant)
+    cfg = model_config_of(payload, path)
+    key = "model" if weights == "student" else "teacher"
+    if key not in payload:
+        raise CheckpointError(f"{path}: has no {weights} weights (keys: {', '.join(sorted(payload))})")
+    model = build_model(cfg)
+    load_state(model, payload[key], path)
+    model.to(map_location)
+    return model.eval(), cfg
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path = "<memory>") -> None:
+    """Strict load with a message that names the missing, unexpected or mis-shaped keys."""
+    net = getattr(model, "module", model)
+    target = net.state_dict()
+    missing = [k for k in target if k not in state]
+    extra = [k for k in state if k not in target]
+    wrong = [k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra[:5])}")
+        if wrong:
+            parts.append(f"shape differs for {', '.join(wrong[:5])}")
+        raise CheckpointError(f"{path}: weights do not fit the model ({'; '.join(parts)})")
+    net.load_state_dict(state, strict=True)

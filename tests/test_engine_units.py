@@ -1,0 +1,144 @@
+"""Engine building blocks: sample order, RNG capture, checkpoint files, run logging."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cordaseg.engine import checkpoint as ckpt
+from cordaseg.engine.logging import RunLogger, image_panels, read_metrics, truncate_metrics
+from cordaseg.engine.sampler import EpochIndexed, ResumableSampler, derive_seed
+from cordaseg.errors import CheckpointError
+
+
+def take(sampler, n):
+    return list(itertools.islice(iter(sampler), n))
+
+
+def test_ranks_draw_disjoint_samples_covering_the_epoch():
+    size, world = 10, 3
+    per_rank = size // world
+    shards = [take(ResumableSampler(size, seed=5, rank=r, world_size=world), per_rank) for r in range(world)]
+    flat = [i for shard in shards for i in shard]
+    assert len(set(flat)) == per_rank * world  # no sample twice within an epoch
+    assert all(0 <= i < size for i in flat)  # epoch 0 encodes as the plain index
+
+
+def test_sampler_started_midway_continues_the_uninterrupted_stream():
+    full = take(ResumableSampler(7, seed=1, rank=1, world_size=2), 20)
+    resumed = take(ResumableSampler(7, seed=1, rank=1, world_size=2, start=8), 12)
+    assert resumed == full[8:]
+    # Later epochs are different permutations, encoded with the epoch.
+    epochs = {i // 7 for i in full}
+    assert epochs == {0, 1, 2, 3, 4, 5, 6}
+
+
+def test_epoch_indexed_sets_the_epoch_before_reading():
+    class Recorder(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epoch = None
+
+        def __len__(self):
+            return 4
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __getitem__(self, index):
+            return (self.epoch, index)
+
+    wrapped = EpochIndexed(Recorder())
+    assert wrapped[4 * 3 + 2] == (3, 2)
+    assert wrapped[1] == (0, 1)
+
+
+def test_derive_seed_is_stable_and_distinguishes_its_parts():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    seeds = {derive_seed(0, step, rank) for step in range(50) for rank in range(4)}
+    assert len(seeds) == 200
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    random.seed(3)
+    np.random.seed(4)  # noqa: NPY002 (the global RNG is what is being saved)
+    torch.manual_seed(5)
+    random.random()
+    np.random.normal()  # noqa: NPY002 (leaves a cached gaussian in the state)
+    state = ckpt.capture_rng_state()
+    path = tmp_path / "rng.pt"
+    torch.save(state, path)
+    expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())  # noqa: NPY002
+    random.seed(99)
+    np.random.seed(99)  # noqa: NPY002
+    torch.manual_seed(99)
+    ckpt.restore_rng_state(torch.load(path, weights_only=True))
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected  # noqa: NPY002
+
+
+def test_checkpoint_listing_and_pruning_keep_the_newest(tmp_path):
+    for it in (5, 10, 15, 20):
+        (tmp_path / ckpt.checkpoint_name(it)).write_bytes(b"x")
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint_00000020.pt"
+    removed = ckpt.prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == ["checkpoint_00000005.pt", "checkpoint_00000010.pt"]
+    assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [15, 20]
+    assert (tmp_path / "best.pt").exists()
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_load_checkpoint_rejects_files_that_cannot_resume(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not a cordaseg checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "plain.pt")
+    torch.save({"format": "cordaseg", "format_version": 1, "model": {}, "model_config": {}}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="missing 'teacher'"):
+        ckpt.load_checkpoint(tmp_path / "m.pt")
+
+
+def test_run_logger_writes_jsonl_and_tensorboard_and_truncates_on_resume(tmp_path):
+    logger = RunLogger(tmp_path, enabled=True, tensorboard=True)
+    for it in (10, 20, 30):
+        logger.log(it, "train", {"loss": 1.0 / it, "lr": 0.1})
+    logger.log(30, "val", {"mIoU": 12.5, "IoU": {"road": 50.0, "sky": float("nan")}})
+    logger.log_images(30, {"pseudo_label": np.zeros((8, 8, 3), np.uint8)})
+    logger.close()
+    records = read_metrics(tmp_path)
+    assert [r["iteration"] for r in records] == [10, 20, 30, 30]
+    assert read_metrics(tmp_path, "val")[0]["IoU"]["road"] == 50.0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert truncate_metrics(tmp_path, after_iteration=20) == 2
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [10, 20]
+    json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_disabled_logger_writes_nothing(tmp_path):
+    logger = RunLogger(tmp_path / "run", enabled=False)
+    logger.log(1, "train", {"loss": 1.0})
+    logger.close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_panels_render_images_labels_logits_and_maps():
+    visuals = {
+        "mixed_image": torch.zeros(2, 3, 6, 5),
+        "pseudo_label": torch.tensor([[[0, 255], [18, 1]]] * 2),
+        "predictions_logits": torch.randn(2, 19, 4, 4),
+        "pixel_weight": torch.rand(2, 6, 5),
+        "depth": torch.rand(2, 1, 6, 5),
+        "scalar": torch.tensor(1.0),
+    }
+    panels = image_panels(visuals)
+    assert set(panels) == {"mixed_image", "pseudo_label", "predictions_logits", "pixel_weight", "depth"}
+    assert all(p.dtype == np.uint8 and p.shape[-1] == 3 for p in panels.values())
+    assert panels["pseudo_label"][0, 1].tolist() == [0, 0, 0]  # ignore is black
+    weight = panels["pixel_weight"][..., 0]
+    assert weight.min() == 0 and weight.max() == 255

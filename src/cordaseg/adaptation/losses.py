@@ -11,9 +11,14 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in float32 even when the network ran in bf16/fp16 autocast; float64 stays."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Mean CE over pixels whose label is not ``ignore_index``; (B, C, H, W) logits, (B, H, W) label."""
-    per_pixel = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
+    per_pixel = F.cross_entropy(at_least_float32(logits), label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
     labelled = (label != ignore_index).sum().clamp(min=1)
     return per_pixel.sum() / labelled
 
@@ -22,7 +27,7 @@ def weighted_cross_entropy(
     logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
     """Mean over ALL pixels of weight * CE; ignored pixels contribute 0 but count in the mean."""
-    per_pixel = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
+    per_pixel = F.cross_entropy(at_least_float32(logits), label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
     return (weight * per_pixel).mean()
 
 
@@ -34,7 +39,7 @@ def berhu(
     e = |pred - target|; c = threshold * max(e) over the batch's valid pixels (no gradient);
     loss = mean(e if e <= c else (e^2 + c^2) / (2c)).
     """
-    prediction = prediction.float()
+    prediction = at_least_float32(prediction)
     valid = target != invalid_depth
     error = torch.where(valid, (prediction - target).abs(), torch.zeros_like(prediction))
     c = threshold * error.detach().amax()

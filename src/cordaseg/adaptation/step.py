@@ -24,7 +24,7 @@ from cordaseg.adaptation.augment import strong_augment
 from cordaseg.adaptation.classmix import classmix_mask, mix
 from cordaseg.adaptation.config import AdaptationConfig
 from cordaseg.adaptation.draws import StepDraws, draw_step_randomness
-from cordaseg.adaptation.losses import berhu, cross_entropy, weighted_cross_entropy
+from cordaseg.adaptation.losses import at_least_float32, berhu, cross_entropy, weighted_cross_entropy
 from cordaseg.adaptation.weights import confidence_fraction, confidence_weight, depth_weight, pixel_weight
 from cordaseg.errors import CordasegError, DataError
 
@@ -54,8 +54,8 @@ class _Predictions:
 
 
 def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, align_corners=True (the reference's interpolation), computed in float32."""
-    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
+    """Bilinear, align_corners=True (the reference's interpolation), in float32 or wider."""
+    return F.interpolate(at_least_float32(x), size=size, mode="bilinear", align_corners=True)
 
 
 def _upsampled(output, size: tuple[int, int]) -> _Predictions:

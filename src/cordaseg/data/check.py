@@ -1,0 +1,228 @@
+"""Validation of dataset trees against the formats of spec section 5 (``cordaseg data check``).
+
+:func:`check_tree` decodes every frame of a tree and reports each problem with its file: missing
+label or depth partner, unreadable or truncated file, image / label / depth sizes that do not
+pair, wrong bit depth or channel count, label values outside the dataset's known IDs, depth that
+is all invalid. :func:`quick_check` is the cheap version the trainer runs before it starts: every
+partner file must exist and the first and last few frames must decode cleanly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from cordaseg.data import formats
+from cordaseg.data.datasets import DatasetConfig, SampleRecord, find_samples, read_depth
+from cordaseg.data.labels import CITYSCAPES_KNOWN_LABEL_IDS, SYNTHIA_KNOWN_IDS
+from cordaseg.errors import DataError
+
+# Problem kinds, in the order the summary lists them.
+KINDS = ("tree", "missing", "unreadable", "format", "size", "label_values", "depth_invalid", "error")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect of one file."""
+
+    path: Path
+    kind: str  # one of KINDS
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """Counts and problems of a checked tree."""
+
+    counts: Counter = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        parts = [f"{self.counts['frames']} frames", f"{self.counts['labels']} labels",
+                 f"{self.counts['depth']} depth maps"]
+        text = ", ".join(parts)
+        if self.ok:
+            return f"{text}: no problems found"
+        by_kind = Counter(p.kind for p in self.problems)
+        kinds = ", ".join(f"{by_kind[k]} {k.replace('_', ' ')}" for k in KINDS if by_kind[k])
+        return f"{text}: {len(self.problems)} problems ({kinds})"
+
+
+def _known_ids(cfg: DatasetConfig) -> np.ndarray:
+    return np.asarray(SYNTHIA_KNOWN_IDS if cfg.format == "synthia" else CITYSCAPES_KNOWN_LABEL_IDS)
+
+
+def _unknown_values(ids: np.ndarray, known: np.ndarray) -> list[int]:
+    counts = np.bincount(ids.ravel(), minlength=int(known.max()) + 1)
+    present = np.flatnonzero(counts)
+    return [int(v) for v in present if v not in set(known.tolist())]
+
+
+def _check_image(path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        return [Problem(path, "unreadable", "cannot decode the image (unreadable or truncated)")], None
+    size = array.shape[:2]
+    if array.dtype != np.uint8:
+        return [Problem(path, "format", f"image is {array.dtype}, expected 8-bit")], size
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if channels != 3:
+        return [Problem(path, "format", f"image has {channels} channels, expected 3 (RGB)")], size
+    return [], size
+
+
+def _check_label(cfg: DatasetConfig, path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
+    if cfg.format == "synthia" and cfg.synthia_labels == "raw":
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            return [Problem(path, "unreadable", "cannot decode the label (unreadable or truncated)")], None
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        if array.dtype != np.uint16 or channels < 3:
+            return [Problem(path, "format", f"SYNTHIA GT/LABELS must be 16-bit with >= 3 channels, got "
+                                            f"{array.dtype} with {channels} channel(s)")], array.shape[:2]
+        ids = array[..., 2]  # class ID in R (index 2 of BGR)
+        size = ids.shape
+    else:
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+                ids = np.asarray(image)
+        except (OSError, SyntaxError, ValueError) as err:
+            return [Problem(path, "unreadable", f"cannot decode the label ({err})")], None
+        if mode not in ("P", "L"):
+            return [Problem(path, "format", f"label PNG has mode {mode}, expected one 8-bit channel "
+                                            "(palette or greyscale)")], ids.shape[:2]
+        size = ids.shape
+    unknown = _unknown_values(ids, _known_ids(cfg))
+    if unknown:
+        shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+        known = _known_ids(cfg)
+        return [Problem(path, "label_values", f"label values outside the {cfg.format} IDs "
+                                              f"{known.min()}..{known.max()}: {shown}")], size
+    return [], size
+
+
+def _check_depth(cfg: DatasetConfig, path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
+    kind = cfg.depth_kind
+    if kind != "stereo":
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            return [Problem(path, "unreadable", "cannot decode the depth file (unreadable or truncated)")], None
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        if array.dtype != np.uint16:
+            return [Problem(path, "format", f"depth PNG is {array.dtype}, expected 16-bit")], array.shape[:2]
+        if kind != "synthia" and channels != 1:
+            return [Problem(path, "format", f"depth PNG has {channels} channels, expected 1")], array.shape[:2]
+    try:
+        depth = read_depth(kind, path)
+    except DataError as err:
+        return [Problem(path, "unreadable", str(err).removeprefix(f"{path}: "))], None
+    if np.all(depth == formats.INVALID_DEPTH):
+        return [Problem(path, "depth_invalid", "depth is invalid everywhere")], depth.shape
+    return [], depth.shape
+
+
+def _missing(path: Path, what: str, cfg: DatasetConfig, record: SampleRecord) -> Problem:
+    message = f"missing {what} file"
+    if cfg.depth_kind == "mono" and what == "depth" and "city" in record.extra:
+        sgm = formats.cityscapes_sgm_disparity_path(cfg.root, record.extra["split"], record.extra["city"],
+                                                    record.name)
+        if sgm.is_file():
+            message += (f" (found the dataset's SGM disparity {sgm.name}, which is not the mono depth; "
+                        "see spec section 5)")
+    return Problem(path, "missing", f"{message} for image {record.image.name}")
+
+
+def check_record(cfg: DatasetConfig, record: SampleRecord, decode: bool = True) -> list[Problem]:
+    """Problems of one frame; with ``decode`` False only the existence of its files is checked."""
+    problems = []
+    present = {}
+    for what, path in (("image", record.image), ("label", record.label), ("depth", record.depth)):
+        if path is None:
+            continue
+        if not path.is_file():
+            problems.append(_missing(path, what, cfg, record))
+        else:
+            present[what] = path
+    if not decode:
+        return problems
+    sizes = {}
+    checkers = {"image": _check_image, "label": lambda p: _check_label(cfg, p),
+                "depth": lambda p: _check_depth(cfg, p)}
+    for what, path in present.items():
+        try:
+            found, size = checkers[what](path)
+        except Exception as err:  # a checker must report, never crash the scan
+            found, size = [Problem(path, "error", f"unexpected error while reading: {err!r}")], None
+        problems.extend(found)
+        if size is not None:
+            sizes[what] = tuple(size)
+    if "image" in sizes and len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{what} {w}x{h}" for what, (h, w) in sizes.items())
+        problems.append(Problem(record.image, "size", f"sizes do not pair: {listed}"))
+    return problems
+
+
+def check_tree(cfg: DatasetConfig, workers: int = 4, progress: bool = True) -> CheckReport:
+    """Decode every frame of ``cfg``'s tree and collect all problems (never raises DataError)."""
+    report = CheckReport()
+    try:
+        records = find_samples(cfg)
+    except DataError as err:
+        report.problems.append(Problem(Path(cfg.root), "tree", str(err).removeprefix(f"{cfg.root}: ")))
+        return report
+    if not records:
+        report.problems.append(Problem(Path(cfg.root), "tree", f"no {cfg.format} frames found"))
+        return report
+    report.counts["frames"] = len(records)
+    # Decoders release the GIL, so threads scale over cores.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = zip(records, pool.map(lambda r: check_record(cfg, r), records))
+        bar = tqdm(results, total=len(records), desc=f"checking {cfg.format} {cfg.split}", unit="frame",
+                   file=sys.stderr, disable=not progress)
+        for record, problems in bar:
+            missing = {p.path for p in problems if p.kind == "missing"}
+            report.counts["labels"] += record.label is not None and record.label not in missing
+            report.counts["depth"] += record.depth is not None and record.depth not in missing
+            report.problems.extend(problems)
+    return report
+
+
+def quick_check(cfg: DatasetConfig, decode: int = 2) -> int:
+    """Cheap pre-training check: frames exist, every partner file exists, and the first and last
+    ``decode`` frames decode without problems. Returns the number of frames; raises
+    :class:`DataError` naming the first bad file. Size mismatches are tolerated for GTA5 and
+    SYNTHIA, whose fixed training resize makes them harmless."""
+    records = find_samples(cfg)
+    if not records:
+        raise DataError(f"{cfg.root}: no {cfg.format} frames found (split {cfg.split!r})")
+    problems = [p for r in records for p in check_record(cfg, r, decode=False)]
+    sampled = records[:decode] + records[max(decode, len(records) - decode):]
+    problems += [p for r in sampled for p in check_record(cfg, r)]
+    if cfg.format in ("gta5", "synthia"):
+        problems = [p for p in problems if p.kind != "size"]
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; run 'cordaseg data check --format {cfg.format} "
+                        f"--root {cfg.root}' for the full list")
+    return len(records)
+
+
+def check_config_for_split(cfg: DatasetConfig, split: str) -> DatasetConfig:
+    """``cfg`` for another Cityscapes split; val has no depth in the reference tree, so none is read."""
+    return replace(cfg, split=split, depth=cfg.depth if split == "train" else "none")

@@ -1,0 +1,311 @@
+"""GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes datasets with depth (spec section 5).
+
+:class:`DatasetConfig` selects a tree, its split, depth and label files and the preprocessing
+(defaults: the reference recipe of the format). :func:`find_samples` lists the frames with their
+file paths; :func:`build_dataset` returns a :class:`SegmentationDataset` whose items are dicts:
+
+- ``image``: (3, H, W) float32, BGR minus the caffe mean (no scaling);
+- ``label``: (H, W) int64 train IDs, 255 = ignore;
+- ``depth``: (H, W) float32 inverse-depth-like value, exactly 1.0 = invalid (all 1.0 when the
+  config has ``depth: none``);
+- ``name`` (str), ``image_path`` (str), ``original_size`` ((2,) int64: H, W of the file) and
+  ``index`` (int).
+
+Training items (``train=True``) are resized and randomly cropped; the randomness of item ``i``
+in epoch ``e`` comes only from a generator seeded with (seed, e, i), so a run is reproducible
+with any number of loader workers. Evaluation items (``train=False``) have the image resized to
+``eval_size`` (Cityscapes val: 1024x512) and the label and depth at full resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cordaseg.config import ConfigError
+from cordaseg.data import formats, transforms
+from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, IGNORE_INDEX, SYNTHIA_ID_TO_TRAIN
+from cordaseg.data.normalization import CAFFE_MEAN_BGR
+from cordaseg.errors import DataError
+
+# Reference geometry per format: fixed resize (W, H), or a scale of the frame.
+DEFAULT_RESIZE: dict[str, tuple[int, int] | None] = {"gta5": (1280, 720), "synthia": (1280, 720), "cityscapes": None}
+DEFAULT_RESIZE_SCALE: dict[str, float | None] = {"gta5": None, "synthia": None, "cityscapes": 0.5}
+# Interpolation per modality and format (spec section 5).
+IMAGE_RESAMPLE = {"gta5": "bicubic", "synthia": "bicubic", "cityscapes": "bilinear"}
+LABEL_RESAMPLE = "nearest"
+DEPTH_RESAMPLE = {"gta5": "bilinear", "synthia": "nearest", "cityscapes": "nearest"}
+# Which depth file "native" means.
+NATIVE_DEPTH = {"gta5": "disparity", "synthia": "synthia", "cityscapes": "stereo"}
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset tree and its preprocessing. Defaults are the reference recipe of the format."""
+
+    format: Literal["gta5", "synthia", "cityscapes"] = "gta5"
+    """Dataset kind, which fixes the layout, encodings and default preprocessing."""
+    root: str = ""
+    """Root folder of the tree (spec section 5 layouts)."""
+    split: Literal["train", "val"] = "train"
+    """Cityscapes split folder; GTA5 and SYNTHIA have no split folders (use ``list_file``)."""
+    depth: Literal["none", "native", "stereo", "mono"] = "native"
+    """Depth files: "native" = GTA5 ``disparity/``, SYNTHIA ``Depth/Depth``, Cityscapes stereo
+    ``.mat``; "stereo" / "mono" choose the Cityscapes kind; "none" gives all-invalid depth."""
+    synthia_labels: Literal["mapped", "raw"] = "mapped"
+    """SYNTHIA labels from ``synthia_mapped_to_cityscapes/`` or from the raw 16-bit ``GT/LABELS/``."""
+    layout: Literal["auto", "official", "trainvaltest"] = "auto"
+    """Cityscapes folder names: official, the reference's ``*_trainvaltest``, or detect."""
+    list_file: str | None = None
+    """Optional text file of frames, one per line (file names or stems); default: all found."""
+    use_labels: bool = True
+    """Read the label files; False gives all-ignore labels (unlabelled target training)."""
+    resize: tuple[int, int] | None = None
+    """Training resize (W, H); None with ``resize_scale`` None = the format default."""
+    resize_scale: float | None = None
+    """Training resize as a factor of the frame size (Cityscapes default 0.5)."""
+    crop: tuple[int, int] | None = (512, 512)
+    """Random crop (W, H) after the resize; None = the whole resized frame."""
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    """Random scale jitter on top of the resize (the paper uses none)."""
+    flip: bool = False
+    """Random horizontal flip (the paper uses none)."""
+    mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
+    """Mean subtracted from the BGR image on the 0..255 scale."""
+    eval_size: tuple[int, int] | None = (1024, 512)
+    """Evaluation: the image is resized to this (W, H); labels and depth stay at full resolution."""
+
+    def __post_init__(self) -> None:
+        if self.depth in ("stereo", "mono") and self.format != "cityscapes":
+            raise ConfigError(f"depth: {self.depth!r} is a Cityscapes depth kind; use 'native' or 'none' "
+                              f"for {self.format}")
+        if self.resize is not None and self.resize_scale is not None:
+            raise ConfigError("resize and resize_scale are alternatives; set only one")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ConfigError(f"scale_range: {self.scale_range} must satisfy 0 < low <= high")
+        for key in ("resize", "crop", "eval_size"):
+            size = getattr(self, key)
+            if size is not None and min(size) < 1:
+                raise ConfigError(f"{key}: {size} must be positive (W, H)")
+        if self.resize_scale is not None and self.resize_scale <= 0:
+            raise ConfigError(f"resize_scale: {self.resize_scale} must be positive")
+
+    @property
+    def depth_kind(self) -> str:
+        """"none", "disparity" (GTA5), "synthia", "stereo" or "mono"."""
+        return NATIVE_DEPTH[self.format] if self.depth == "native" else self.depth
+
+    def target_resize(self) -> tuple[tuple[int, int] | None, float | None]:
+        if self.resize is None and self.resize_scale is None:
+            return DEFAULT_RESIZE[self.format], DEFAULT_RESIZE_SCALE[self.format]
+        return self.resize, self.resize_scale
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One frame and its files; ``label`` / ``depth`` are None where the config reads none."""
+
+    name: str
+    image: Path
+    label: Path | None
+    depth: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. Cityscapes city, split
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _read_list_file(list_file: str, root: Path) -> list[str]:
+    path = Path(list_file)
+    if not path.is_file() and (root / list_file).is_file():
+        path = root / list_file
+    if not path.is_file():
+        raise DataError(f"list_file not found: {list_file}")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    if not entries:
+        raise DataError(f"{path}: list file has no entries")
+    return entries
+
+
+def _require_dir(directory: Path, what: str) -> None:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: {what} folder not found")
+
+
+def _cityscapes_frame_id(entry: str) -> str:
+    stem = Path(entry).name
+    for suffix in (".png", "_leftImg8bit", "_gtFine_labelIds"):
+        stem = stem.removesuffix(suffix)
+    return stem
+
+
+def find_samples(cfg: DatasetConfig) -> list[SampleRecord]:
+    """The frames of the tree, sorted, with their file paths (existence is not checked here
+    beyond the image folder; :mod:`cordaseg.data.check` reports missing partners)."""
+    if not cfg.root:
+        raise DataError(f"no root folder given for the {cfg.format} dataset")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root not found")
+    entries = _read_list_file(cfg.list_file, root) if cfg.list_file else None
+    records = []
+    depth_kind = cfg.depth_kind
+    if cfg.format in ("gta5", "synthia"):
+        image_dir = root / (formats.GTA5_IMAGE_DIR if cfg.format == "gta5" else formats.SYNTHIA_IMAGE_DIR)
+        _require_dir(image_dir, "image")
+        stems = [Path(e).stem for e in entries] if entries else sorted(p.stem for p in image_dir.glob("*.png"))
+        for stem in stems:
+            if cfg.format == "gta5":
+                paths = formats.gta5_paths(root, stem)
+            else:
+                paths = formats.synthia_paths(root, stem, cfg.synthia_labels)
+            records.append(SampleRecord(stem, paths.image, paths.label if cfg.use_labels else None,
+                                        paths.depth if depth_kind != "none" else None))
+        return records
+    layout = formats.detect_cityscapes_layout(root) if cfg.layout == "auto" else cfg.layout
+    image_dir = formats.cityscapes_image_dir(root, layout) / cfg.split
+    _require_dir(image_dir, f"Cityscapes {cfg.split} image")
+    if entries:
+        frame_ids = [_cityscapes_frame_id(e) for e in entries]
+    else:
+        frame_ids = sorted(_cityscapes_frame_id(p.name) for p in image_dir.glob("*/*_leftImg8bit.png"))
+    cs_depth = depth_kind if depth_kind in ("stereo", "mono") else "none"
+    for frame_id in frame_ids:
+        city = frame_id.split("_")[0]
+        paths = formats.cityscapes_paths(root, cfg.split, city, frame_id, layout, cs_depth)
+        records.append(SampleRecord(frame_id, paths.image, paths.label if cfg.use_labels else None,
+                                    paths.depth, {"city": city, "split": cfg.split, "layout": layout}))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding one frame
+
+
+def read_label_train_ids(cfg: DatasetConfig, path: Path) -> np.ndarray:
+    """(H, W) uint8 train IDs (255 = ignore) from the config's label file kind."""
+    if cfg.format == "synthia" and cfg.synthia_labels == "raw":
+        class_ids, _ = formats.read_synthia_label(path)
+        return SYNTHIA_ID_TO_TRAIN[class_ids]
+    ids = formats.read_label_ids(path)
+    table = SYNTHIA_ID_TO_TRAIN[:256] if cfg.format == "synthia" else CITYSCAPES_ID_TO_TRAIN
+    return table[ids]
+
+
+def read_depth(depth_kind: str, path: Path) -> np.ndarray:
+    """(H, W) float32 inverse-depth-like values (invalid = 1.0) of one depth file."""
+    if depth_kind in ("disparity", "mono"):
+        return formats.decode_gta_disparity(formats.read_uint16_png(path))
+    if depth_kind == "synthia":
+        return formats.decode_synthia_depth(formats.read_uint16_png(path))
+    if depth_kind == "stereo":
+        return formats.decode_stereo_depth(formats.read_stereo_depth_mat(path))
+    raise ValueError(f"unknown depth kind {depth_kind!r}")
+
+
+@dataclass
+class RawFrame:
+    """A decoded frame before geometry: BGR image, train-ID label, depth (None = not read)."""
+
+    image_bgr: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray | None  # (H, W) uint8 train IDs
+    depth: np.ndarray | None  # (H, W) float32
+
+
+def read_frame(cfg: DatasetConfig, record: SampleRecord) -> RawFrame:
+    image = formats.read_image_bgr(record.image)
+    label = read_label_train_ids(cfg, record.label) if record.label is not None else None
+    depth = read_depth(cfg.depth_kind, record.depth) if record.depth is not None else None
+    return RawFrame(image, label, depth)
+
+
+def _normalize_bgr(image_bgr: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
+    image = image_bgr.astype(np.float32)
+    image -= np.asarray(mean_bgr, dtype=np.float32)
+    return torch.from_numpy(image.transpose(2, 0, 1).copy())  # (3, H, W)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Frames of one tree with the reference preprocessing; see the module docstring for items.
+
+    Keys may be an index or an ``(epoch, index)`` pair (what :class:`EpochSampler` yields, so the
+    epoch reaches loader workers that hold their own copy of the dataset).
+    """
+
+    def __init__(self, cfg: DatasetConfig, records: list[SampleRecord], *, train: bool, seed: int = 0):
+        self.cfg = cfg
+        self.records = records
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.resize, self.resize_scale = cfg.target_resize()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        record = self.records[index]
+        frame = read_frame(self.cfg, record)
+        height, width = frame.image_bgr.shape[:2]
+        if self.train:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            image, label, depth = self._train_geometry(frame, rng)
+        else:
+            image, label, depth = self._eval_geometry(frame)
+        return {
+            "image": _normalize_bgr(image, self.cfg.mean_bgr),
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "depth": torch.from_numpy(depth),
+            "name": record.name,
+            "image_path": str(record.image),
+            "original_size": torch.tensor([height, width], dtype=torch.int64),
+            "index": index,
+        }
+
+    def _train_geometry(self, frame: RawFrame, rng: np.random.Generator):
+        fmt = self.cfg.format
+        source_size = (frame.image_bgr.shape[1], frame.image_bgr.shape[0])
+        target = transforms.resized_size(source_size, self.resize, self.resize_scale)
+        geometry = transforms.sample_geometry(rng, source_size, target, self.cfg.crop,
+                                              self.cfg.scale_range, self.cfg.flip)
+        # Padding: the mean colour (about 0 after normalisation), ignore label, invalid depth.
+        fill = tuple(int(round(m)) for m in self.cfg.mean_bgr)
+        image = transforms.apply_geometry(frame.image_bgr, geometry, IMAGE_RESAMPLE[fmt], fill)
+        out_h, out_w = image.shape[:2]
+        if frame.label is None:
+            label = np.full((out_h, out_w), IGNORE_INDEX, dtype=np.uint8)
+        else:
+            label = transforms.apply_geometry(frame.label, geometry, LABEL_RESAMPLE, IGNORE_INDEX)
+        if frame.depth is None:
+            depth = np.ones((out_h, out_w), dtype=np.float32)
+        else:
+            depth = transforms.apply_geometry(frame.depth, geometry, DEPTH_RESAMPLE[fmt], formats.INVALID_DEPTH)
+        return image, label, depth
+
+    def _eval_geometry(self, frame: RawFrame):
+        height, width = frame.image_bgr.shape[:2]
+        image = frame.image_bgr
+        if self.cfg.eval_size is not None:
+            image = transforms.resize(image, self.cfg.eval_size, IMAGE_RESAMPLE[self.cfg.format])
+        label = frame.label if frame.label is not None else np.full((height, width), IGNORE_INDEX, np.uint8)
+        depth = frame.depth if frame.depth is not None else np.ones((height, width), dtype=np.float32)
+        return image, label, depth
+
+
+def build_dataset(cfg: DatasetConfig, *, train: bool, seed: int = 0) -> SegmentationDataset:
+    """The dataset of ``cfg``; raises :class:`DataError` when the tree has no frames."""
+    records = find_samples(cfg)
+    if not records:
+        raise DataError(f"{cfg.root}: no {cfg.format} frames found (split {cfg.split!r})")
+    return SegmentationDataset(cfg, records, train=train, seed=seed)

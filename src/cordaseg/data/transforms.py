@@ -1,0 +1,124 @@
+"""Training-time geometry of the reference preprocessing (spec section 5, "Training-time geometry").
+
+A frame is resized to a target size (GTA5 / SYNTHIA: 1280x720; Cityscapes: half size), then a
+random crop is taken (512x512 by default), with an optional scale jitter and horizontal flip.
+Each modality has its own interpolation (images bicubic or bilinear, labels nearest, depth
+bilinear or nearest).
+
+Resize-then-crop is computed in one step: only the crop window is resampled, with PIL's ``box``
+argument, which maps output pixels to the same source coordinates and uses the same filter
+taps as resizing the whole frame, so the result equals cropping the fully resized frame while
+doing a fraction of the work. PIL's filters are antialiased when downscaling. Where the window
+extends past the resized frame (small frames, large crops), the rest is filled with a padding
+value (ignore label, invalid depth, mean colour).
+
+All randomness comes from a ``numpy.random.Generator`` the caller seeds from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# Interpolation names used in configs -> PIL filters.
+RESAMPLE: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where one training sample comes from, in the coordinates of the resized frame."""
+
+    source_size: tuple[int, int]  # (W, H) of the file
+    target_size: tuple[int, int]  # (W, H) after the resize
+    window: tuple[int, int, int, int]  # (x0, y0, width, height) of the crop; may exceed the target
+    flip: bool  # mirror left-right after cropping
+
+
+def resized_size(
+    source_size: tuple[int, int], resize: tuple[int, int] | None, resize_scale: float | None
+) -> tuple[int, int]:
+    """(W, H) after the resize: a fixed ``resize``, else ``resize_scale`` times the source size."""
+    if resize is not None:
+        return resize
+    scale = 1.0 if resize_scale is None else resize_scale
+    width, height = source_size
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def sample_geometry(
+    rng: np.random.Generator,
+    source_size: tuple[int, int],
+    target_size: tuple[int, int],
+    crop: tuple[int, int] | None,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    flip: bool = False,
+) -> Geometry:
+    """Draw the scale jitter, the crop position and the flip for one sample."""
+    width, height = target_size
+    low, high = scale_range
+    if (low, high) != (1.0, 1.0):
+        scale = rng.uniform(low, high)
+        width, height = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+    if crop is None:
+        window = (0, 0, width, height)
+    else:
+        crop_w, crop_h = crop
+        # A crop larger than the frame places the frame at a random offset inside the padded crop.
+        x0 = int(rng.integers(0, width - crop_w + 1)) if width >= crop_w else -int(rng.integers(0, crop_w - width + 1))
+        y0 = int(rng.integers(0, height - crop_h + 1)) if height >= crop_h else -int(rng.integers(0, crop_h - height + 1))
+        window = (x0, y0, crop_w, crop_h)
+    mirrored = bool(rng.random() < 0.5) if flip else False
+    return Geometry(tuple(source_size), (width, height), window, mirrored)
+
+
+def _to_pil(array: np.ndarray) -> Image.Image:
+    """(H, W) uint8 -> "L", (H, W) float32 -> "F", (H, W, 3) uint8 -> "RGB" (any channel order)."""
+    if array.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"cannot resample arrays of {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def apply_geometry(
+    array: np.ndarray, geometry: Geometry, resample: str, fill: float | tuple[float, ...]
+) -> np.ndarray:
+    """Resize ``array`` ((H, W) uint8 / float32 or (H, W, 3) uint8) to the target size and crop
+    the window, padding with ``fill`` outside the frame; then flip if the geometry says so."""
+    source_w, source_h = geometry.source_size
+    if array.shape[:2] != (source_h, source_w):
+        # A partner file of another size (a known GTA5 defect): resample it from its own size.
+        geometry = Geometry((array.shape[1], array.shape[0]), geometry.target_size, geometry.window,
+                            geometry.flip)
+        source_w, source_h = geometry.source_size
+    target_w, target_h = geometry.target_size
+    x0, y0, crop_w, crop_h = geometry.window
+    # The part of the window inside the resized frame.
+    vx0, vy0 = max(x0, 0), max(y0, 0)
+    vx1, vy1 = min(x0 + crop_w, target_w), min(y0 + crop_h, target_h)
+    scale_x, scale_y = source_w / target_w, source_h / target_h
+    full_frame = (vx0, vy0, vx1, vy1) == (0, 0, target_w, target_h)
+    if full_frame and (target_w, target_h) == (source_w, source_h):
+        inside = array
+    else:
+        box = (vx0 * scale_x, vy0 * scale_y, vx1 * scale_x, vy1 * scale_y)
+        inside = np.asarray(_to_pil(array).resize((vx1 - vx0, vy1 - vy0), RESAMPLE[resample], box=box))
+    if (vx0, vy0, vx1, vy1) == (x0, y0, x0 + crop_w, y0 + crop_h):
+        out = inside
+    else:
+        out = np.full((crop_h, crop_w, *array.shape[2:]), fill, dtype=array.dtype)
+        out[vy0 - y0: vy1 - y0, vx0 - x0: vx1 - x0] = inside
+    if geometry.flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
+    """Resize a whole (H, W[, 3]) array to ``size`` (W, H) with the named interpolation."""
+    if array.shape[1::-1] == tuple(size):
+        return array
+    return np.asarray(_to_pil(array).resize(tuple(size), RESAMPLE[resample]))

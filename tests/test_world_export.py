@@ -115,3 +115,27 @@ def test_inverse_depth_marks_the_sky_invalid():
     value = inverse_depth(np.array([np.inf, 10.0]))
     assert value[0] == formats.INVALID_DEPTH
     assert value[1] == pytest.approx(655.36 / 10.01)
+
+
+def test_generated_trees_pass_data_check(world, capsys):
+    _, source, target = world
+    assert main(["data", "check", "--format", "gta5", "--root", str(source), "--no-progress"]) == 0
+    assert main(["data", "check", "--format", "cityscapes", "--root", str(target), "--no-progress"]) == 0
+    assert "no problems found" in capsys.readouterr().out
+
+
+def test_the_real_loaders_read_the_world(world):
+    from cordaseg.data.datasets import DatasetConfig, build_dataset
+
+    _, source, target = world
+    gta = build_dataset(DatasetConfig(format="gta5", root=str(source), resize=SIZE, crop=(64, 32)), train=True)
+    item = gta[0]
+    assert len(gta) == 3 and item["image"].shape == (3, 32, 64) and item["label"].shape == (32, 64)
+    assert int(item["label"].max()) < 19  # every pixel of the world is a labelled class
+    city = build_dataset(DatasetConfig(format="cityscapes", root=str(target), split="train", resize=SIZE,
+                                       crop=None), train=True)
+    item = city[0]
+    depth = item["depth"]
+    assert len(city) == 2 and depth.shape == (SIZE[1], SIZE[0])
+    # Invalid stereo pixels decode to exactly 1.0, valid ones to 655.36 / (d + 0.01) > 1.
+    assert (depth == 1.0).any() and (depth > 2.0).float().mean() > 0.3

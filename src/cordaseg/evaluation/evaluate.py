@@ -266,7 +266,9 @@ def evaluate_segmentation(
         iou=scores.iou,
         miou=scores.miou,
         pixel_accuracy=scores.pixel_accuracy,
-        depth={head: meter.compute() for head, meter in sorted(depth_meters.items())},
+        # heads scored on no valid pixel (e.g. val items without depth files) are left out
+        depth={head: values for head, meter in sorted(depth_meters.items())
+               if (values := meter.compute())["pixels"] > 0},
         num_images=int(image_count.item()),
         class_names=scores.class_names,
         samples=samples,

@@ -1,0 +1,199 @@
+"""Prediction on image files (issue 5, part 2), with the evaluation protocol of spec section 4.
+
+Each image is resized to the inference size (1024x512 by default, like Cityscapes val), run
+through the model (optionally with sliding windows / multi-scale + flip TTA), and the outputs
+are upsampled bilinearly (``align_corners=True``) back to the size of the file. The written
+files, each under its own sub-folder of the output folder and named like the input
+(folders keep their relative layout, e.g. Cityscapes ``city/`` folders):
+
+- ``color/``: the segmentation in the Cityscapes palette (RGB PNG);
+- ``depth/``: the target depth head colour-mapped (magma; brighter = larger inverse depth = nearer);
+- ``overlay/``: the palette blended over the image;
+- ``labelIds/`` (on request): 8-bit Cityscapes label IDs, the format of the official evaluation
+  scripts and the benchmark server (one file per frame in its own folder, as they require);
+- ``logits/`` (on request): the averaged semantic logits (C, h, w) float32 ``.npy`` at the
+  inference size (before the final upsampling).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from cordaseg.config import ConfigError
+from cordaseg.data import formats, transforms
+from cordaseg.data.labels import TRAIN_TO_CITYSCAPES_ID, colorize
+from cordaseg.data.normalization import CAFFE_MEAN_BGR, normalize_rgb
+from cordaseg.errors import DataError
+from cordaseg.evaluation.inference import SEMANTIC, InferenceConfig, infer, model_callable, resize_bilinear
+from cordaseg.evaluation.report import colorize_depth, overlay
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_KINDS = ("color", "depth", "overlay", "labelIds", "logits")
+
+
+@dataclass
+class PredictConfig:
+    """What ``predict`` computes and writes."""
+
+    input_size: tuple[int, int] | None = (1024, 512)
+    """(W, H) the image is resized to for the network (the paper's 1024x512); None = as read."""
+    resample: Literal["bilinear", "bicubic"] = "bilinear"
+    """Interpolation of that resize (bilinear, like the Cityscapes val loader)."""
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    """Precision, TTA and sliding-window settings."""
+    write_color: bool = True
+    """Write ``color/``: the palette segmentation."""
+    write_depth: bool = True
+    """Write ``depth/``: the colour-mapped target depth head (models with depth only)."""
+    write_overlay: bool = True
+    """Write ``overlay/``: the segmentation blended over the image."""
+    write_label_ids: bool = False
+    """Write ``labelIds/``: Cityscapes label IDs for the official scripts and benchmark."""
+    write_logits: bool = False
+    """Write ``logits/``: raw averaged logits (C, h, w) as float32 ``.npy``."""
+    overlay_alpha: float = 0.5
+    """Weight of the palette colours in the overlay."""
+    mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
+    """Mean subtracted from the BGR image (the model's training normalisation)."""
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None and min(self.input_size) < 1:
+            raise ConfigError(f"input_size: {self.input_size} must be positive (W, H)")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ConfigError(f"overlay_alpha: {self.overlay_alpha} must be in [0, 1]")
+
+
+@dataclass
+class Prediction:
+    """Outputs for one image, at the size of its file."""
+
+    train_ids: np.ndarray
+    """(H, W) uint8 predicted train IDs."""
+    depth: np.ndarray | None
+    """(H, W) float32 target depth head, None for models without depth."""
+    logits: np.ndarray
+    """(C, h, w) float32 semantic logits at the inference size."""
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Files, folders (searched recursively) and glob patterns -> sorted (file, output stem) pairs.
+
+    The output stem is the file name without suffix, under its path relative to a given
+    folder. Raises :class:`DataError` for an input that matches no image, or for two inputs
+    that would write the same output.
+    """
+    pairs: list[tuple[Path, Path]] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            pairs += [(p, p.relative_to(path).with_suffix("")) for p in found]
+        elif path.is_file():
+            found = [path]
+            pairs.append((path, Path(path.stem)))
+        elif glob.has_magic(str(entry)):
+            found = sorted(Path(p) for p in glob.glob(str(entry), recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            pairs += [(p, Path(p.stem)) for p in found]
+        else:
+            raise DataError(f"{entry}: no such file or folder")
+        if not found:
+            raise DataError(f"{entry}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    seen: dict[Path, Path] = {}
+    for source, stem in pairs:
+        if stem in seen and seen[stem] != source:
+            raise DataError(f"{source} and {seen[stem]} would write the same output '{stem}'; "
+                            "pass their common folder instead")
+        seen[stem] = source
+    unique = {source: stem for source, stem in pairs}
+    return sorted(unique.items(), key=lambda pair: str(pair[1]))
+
+
+def prepare_image(image_bgr: np.ndarray, config: PredictConfig) -> torch.Tensor:
+    """(H, W, 3) uint8 BGR -> (1, 3, h, w) normalised network input (the val loader's steps)."""
+    if config.input_size is not None:
+        image_bgr = transforms.resize(image_bgr, config.input_size, config.resample)
+    return torch.from_numpy(normalize_rgb(image_bgr[..., ::-1], config.mean_bgr))[None]
+
+
+@torch.no_grad()
+def predict_image(model: nn.Module, image_bgr: np.ndarray, config: PredictConfig,
+                  device: torch.device | str = "cpu") -> Prediction:
+    """Segmentation (and depth) of one (H, W, 3) uint8 BGR image at its own size."""
+    run = model_callable(model, config.inference.precision)
+    image = prepare_image(image_bgr, config).to(device)  # (1, 3, h, w)
+    in_size = tuple(image.shape[-2:])
+    out_size = tuple(image_bgr.shape[:2])
+    if config.inference.is_plain:
+        # the paper's protocol: 1/8-resolution outputs upsampled straight to the file size
+        raw = run(image)
+        full = {name: resize_bilinear(value, out_size) for name, value in raw.items()}
+        logits = resize_bilinear(raw[SEMANTIC], in_size) if config.write_logits else raw[SEMANTIC]
+    else:
+        at_input = infer(run, image, config.inference, in_size)
+        full = {name: resize_bilinear(value, out_size) for name, value in at_input.items()}
+        logits = at_input[SEMANTIC]
+    depth = full.get("depth")
+    return Prediction(
+        train_ids=full[SEMANTIC].argmax(1)[0].to(torch.uint8).cpu().numpy(),
+        depth=None if depth is None else depth[0, 0].cpu().numpy(),
+        logits=logits[0].cpu().numpy(),
+    )
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def write_prediction(out_dir: Path, stem: Path, image_bgr: np.ndarray, prediction: Prediction,
+                     config: PredictConfig) -> list[Path]:
+    """Write the requested files of one prediction; returns their paths."""
+    written = []
+    color = colorize(prediction.train_ids)  # (H, W, 3) RGB
+    if config.write_color:
+        written.append(out_dir / "color" / f"{stem}.png")
+        _save_png(written[-1], color)
+    if config.write_depth and prediction.depth is not None:
+        written.append(out_dir / "depth" / f"{stem}.png")
+        _save_png(written[-1], colorize_depth(prediction.depth))
+    if config.write_overlay:
+        written.append(out_dir / "overlay" / f"{stem}.png")
+        _save_png(written[-1], overlay(image_bgr[..., ::-1], color, config.overlay_alpha))
+    if config.write_label_ids:
+        written.append(out_dir / "labelIds" / f"{stem}.png")
+        formats.write_gray_label_png(written[-1], TRAIN_TO_CITYSCAPES_ID[prediction.train_ids])
+    if config.write_logits:
+        written.append(out_dir / "logits" / f"{stem}.npy")
+        written[-1].parent.mkdir(parents=True, exist_ok=True)
+        np.save(written[-1], prediction.logits.astype(np.float32))
+    return written
+
+
+def predict_files(model: nn.Module, inputs: Sequence[str | Path], out_dir: str | Path, config: PredictConfig,
+                  *, device: torch.device | str = "cpu", progress: bool = True) -> list[Path]:
+    """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``; returns the
+    written files. The model's train/eval mode is restored after."""
+    pairs = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for source, stem in tqdm(pairs, desc="predict", disable=not progress, leave=False):
+            image_bgr = formats.read_image_bgr(source)
+            prediction = predict_image(model, image_bgr, config, device)
+            written += write_prediction(out_dir, stem, image_bgr, prediction, config)
+    finally:
+        model.train(was_training)
+    return written

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 
@@ -12,56 +11,7 @@ import torch
 
 from cordaseg.engine import checkpoint as ckpt
 from cordaseg.engine.logging import RunLogger, image_panels, read_metrics, truncate_metrics
-from cordaseg.engine.sampler import EpochIndexed, ResumableSampler, derive_seed
 from cordaseg.errors import CheckpointError
-
-
-def take(sampler, n):
-    return list(itertools.islice(iter(sampler), n))
-
-
-def test_ranks_draw_disjoint_samples_covering_the_epoch():
-    size, world = 10, 3
-    per_rank = size // world
-    shards = [take(ResumableSampler(size, seed=5, rank=r, world_size=world), per_rank) for r in range(world)]
-    flat = [i for shard in shards for i in shard]
-    assert len(set(flat)) == per_rank * world  # no sample twice within an epoch
-    assert all(0 <= i < size for i in flat)  # epoch 0 encodes as the plain index
-
-
-def test_sampler_started_midway_continues_the_uninterrupted_stream():
-    full = take(ResumableSampler(7, seed=1, rank=1, world_size=2), 20)
-    resumed = take(ResumableSampler(7, seed=1, rank=1, world_size=2, start=8), 12)
-    assert resumed == full[8:]
-    # Later epochs are different permutations, encoded with the epoch.
-    epochs = {i // 7 for i in full}
-    assert epochs == {0, 1, 2, 3, 4, 5, 6}
-
-
-def test_epoch_indexed_sets_the_epoch_before_reading():
-    class Recorder(torch.utils.data.Dataset):
-        def __init__(self):
-            self.epoch = None
-
-        def __len__(self):
-            return 4
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __getitem__(self, index):
-            return (self.epoch, index)
-
-    wrapped = EpochIndexed(Recorder())
-    assert wrapped[4 * 3 + 2] == (3, 2)
-    assert wrapped[1] == (0, 1)
-
-
-def test_derive_seed_is_stable_and_distinguishes_its_parts():
-    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
-    seeds = {derive_seed(0, step, rank) for step in range(50) for rank in range(4)}
-    assert len(seeds) == 200
-    assert all(0 <= s < 2**63 for s in seeds)
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):

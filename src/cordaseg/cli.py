@@ -16,6 +16,7 @@ from cordaseg.errors import CordasegError
 # Modules whose ``register(subparsers)`` adds subcommands, in the order of ``cordaseg --help``.
 COMMAND_MODULES = (
     "cordaseg.models.cli",
+    "cordaseg.engine.cli",
     "cordaseg.data.world.cli",
     "cordaseg.data.cli",
 )

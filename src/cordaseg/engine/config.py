@@ -1,0 +1,229 @@
+"""The training configuration tree (issue 4, parts 2, 3 and 5; recipe of spec section 3).
+
+:class:`TrainConfig` composes the model, the three datasets (source, target, validation), the
+adaptation step and the engine's own sections (optimiser, run, evaluation, checkpoints, logging).
+It is loaded from YAML plus ``key=value`` overrides by :func:`load_train_config`, and
+:func:`validate` checks what can be checked before any model is built or any data is read: every
+problem is a :class:`~cordaseg.config.ConfigError` (or a ``DataError`` / ``CheckpointError``)
+whose one-line message names the key or the path.
+
+Scaling with several GPUs: ``optim.batch_size`` is per process, so the effective batch is
+``batch_size * world_size`` source images (plus as many target images). The learning rate is
+``optim.lr`` as written, whatever the world size; set ``optim.lr_scaling: linear`` to multiply it
+by ``world_size * batch_size / optim.reference_batch`` (the paper's recipe is batch 2 at 2.5e-4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from cordaseg.adaptation.config import AdaptationConfig
+from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
+from cordaseg.data.datasets import DatasetConfig, find_samples
+from cordaseg.data.transforms import resized_size
+from cordaseg.errors import DataError
+from cordaseg.models.corda import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the poly schedule (spec section 3.1)."""
+
+    iterations: int = 250_000
+    """Total training iterations; the poly schedule reaches 0 here."""
+    lr: float = 2.5e-4
+    """Base learning rate of the backbone group (the heads use ``head_lr_mult`` times it)."""
+    head_lr_mult: float = 10.0
+    """Learning-rate multiplier of every head (initial branches, distillation, final heads)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """SGD weight decay (L2, on every trainable parameter)."""
+    poly_power: float = 0.9
+    """Exponent of the poly schedule lr_i = lr * (1 - i / iterations) ** poly_power."""
+    batch_size: int = 2
+    """Source images per iteration and per process (as many target images); the paper uses 2 on 1 GPU."""
+    lr_scaling: Literal["none", "linear"] = "none"
+    """'linear' multiplies lr by world_size * batch_size / reference_batch; 'none' keeps lr as written."""
+    reference_batch: int = 2
+    """The effective batch that ``lr`` was tuned for (used by lr_scaling: linear)."""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"optim.iterations: {self.iterations} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"optim.batch_size: {self.batch_size} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: {self.lr} must be > 0")
+        if self.reference_batch < 1:
+            raise ConfigError(f"optim.reference_batch: {self.reference_batch} must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes, which device and numerics it uses, and its seed."""
+
+    out_dir: str = "runs/corda"
+    """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
+    seed: int = 0
+    """Seed of the sample order, of every step's generator and of the model initialisation."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' takes this process's CUDA device when there is one, else the CPU."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32 (the reference) or bf16 autocast for the forward passes and losses."""
+    channels_last: bool = False
+    """Keep images and weights in channels_last memory format (faster convolutions on GPUs)."""
+    deterministic: bool = False
+    """Deterministic kernels and no cudnn.benchmark: bit-identical reruns and resumes, slower."""
+    num_workers: int = 2
+    """DataLoader worker processes per dataset and per process (0: load in the main process)."""
+    auto_resume: bool = True
+    """Resume from the newest checkpoint in out_dir when there is one (otherwise that is an error)."""
+    compile: bool = False
+    """torch.compile the student (GPU speed-up; first iterations are slow while it compiles)."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"run.num_workers: {self.num_workers} must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the student on the target validation set during training (spec section 4)."""
+
+    every: int = 5000
+    """Evaluate every this many iterations (and after the last one); 0 disables evaluation."""
+    batch_size: int = 1
+    """Validation images per forward pass and per process."""
+    max_images: int = 0
+    """Evaluate on the first this many validation images only (0: all); for quick checks."""
+    keep_best: bool = True
+    """Save ``best.pt`` (model weights) whenever the validation mIoU improves."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.batch_size < 1 or self.max_images < 0:
+            raise ConfigError("eval: every and max_images must be >= 0 and batch_size >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """Training checkpoints and the initial weights."""
+
+    every: int = 5000
+    """Write a training checkpoint every this many iterations (and after the last one)."""
+    keep_last: int = 3
+    """Keep only the newest this many training checkpoints (best.pt is kept separately)."""
+    init: str | None = None
+    """DeepLab initialisation file (COCO or ImageNet DeepLabV2 ResNet-101), or a cordaseg checkpoint
+    of the same model; None trains from scratch (with a warning)."""
+    trust_pickle: bool = False
+    """Allow full unpickling of an old init file that weights_only loading refuses (can run code)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"checkpoint.every: {self.every} must be >= 1")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last: {self.keep_last} must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    """What the run shows while it trains."""
+
+    every: int = 50
+    """Log the loss terms, lr and throughput every this many iterations (a host sync each time)."""
+    image_every: int = 1000
+    """Write image panels (source, target, mixed, pseudo-label, weights, predictions) this often; 0: never."""
+    tensorboard: bool = True
+    """Mirror every scalar and image panel to TensorBoard under <out_dir>/tensorboard."""
+    progress: bool = True
+    """Show a progress bar with iterations/s and ETA (rank 0 only)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.image_every < 0:
+            raise ConfigError("logging: every must be >= 1 and image_every >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.yaml`` in the run directory and inside
+    every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network (arch, backbone depth, heads)."""
+    source: DatasetConfig = field(default_factory=DatasetConfig)
+    """Labelled source training set (GTA5 or SYNTHIA)."""
+    target: DatasetConfig | None = None
+    """Unlabelled target training set (Cityscapes train); not needed for source-only training."""
+    val: DatasetConfig | None = None
+    """Target validation set (Cityscapes val); None disables evaluation."""
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    """The adaptation step: method (corda / dacs / source_only), pseudo-labels, weights, mixing."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run directory, device, numerics, seed."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Validation during training."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and initial weights."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics, TensorBoard, progress bar."""
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file plus ``key=value`` overrides -> :class:`TrainConfig` (unknown keys and wrong types
+    are ConfigErrors naming the dotted key)."""
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(TrainConfig, data)
+
+
+def _check_dataset(key: str, data: DatasetConfig, train: bool) -> None:
+    """Root folder present; for training sets, the crop fits inside the resized frame."""
+    if not data.root:
+        raise DataError(f"{key}.root: no dataset folder given")
+    if not Path(data.root).is_dir():
+        raise DataError(f"{key}.root: dataset folder not found: {data.root}")
+    if not train or data.crop is None:
+        return
+    resize, scale = data.target_resize()
+    if resize is None:
+        # A scale of the frame size: read the size from one image's header (no pixels decoded).
+        records = find_samples(data)
+        if not records:
+            raise DataError(f"{key}.root: no {data.format} frames found under {data.root}")
+        with Image.open(records[0].image) as first:
+            resize = resized_size(first.size, None, scale)
+    crop_w, crop_h = data.crop
+    if crop_w > resize[0] or crop_h > resize[1]:
+        raise ConfigError(
+            f"{key}.crop: {crop_w}x{crop_h} is larger than the resized image {resize[0]}x{resize[1]} "
+            f"(set {key}.crop or {key}.resize)"
+        )
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that need no model and no pixels; each failure names the key or path."""
+    method = cfg.adaptation.method
+    if method == "corda" and not cfg.model.has_depth:
+        raise ConfigError(
+            f"adaptation.method: 'corda' needs depth heads, but model.arch '{cfg.model.arch}' has none "
+            "(use adaptation.method=dacs, or model.arch=corda)"
+        )
+    if cfg.adaptation.uses_target and cfg.target is None:
+        raise ConfigError(f"target: adaptation.method '{method}' needs a target dataset section")
+    _check_dataset("source", cfg.source, train=True)
+    if cfg.adaptation.uses_target:
+        _check_dataset("target", cfg.target, train=True)
+    if cfg.val is not None and cfg.eval.every:
+        _check_dataset("val", cfg.val, train=False)
+    if cfg.checkpoint.init is not None and not Path(cfg.checkpoint.init).is_file():
+        raise ConfigError(f"checkpoint.init: file not found: {cfg.checkpoint.init}")
+    out_dir = Path(cfg.run.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"run.out_dir: {out_dir} exists and is not a folder")

@@ -1,0 +1,418 @@
+"""The training loop around the adaptation step (issue 4, parts 3 and 4; recipe of spec section 3).
+
+:func:`train` runs one configured recipe (CorDA, DACS or source-only) for ``optim.iterations``
+iterations: SGD with the poly schedule and the 1x / 10x parameter groups, the EMA teacher,
+periodic evaluation with best-model keeping, atomic checkpoints (the last K kept) and exact
+resume, ``metrics.jsonl`` + TensorBoard + a progress bar, and DDP when launched by ``torchrun``.
+
+Where randomness comes from: the model initialisation from ``run.seed``; the sample order from
+(seed, stream, epoch) (:mod:`cordaseg.engine.sampler`); each iteration's ClassMix and
+augmentation from a generator seeded with (seed, iteration, rank). None of them depends on what
+happened earlier in the process, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would (bit-identically in ``run.deterministic`` mode).
+
+Host-device syncs are deliberate: the loss is checked for non-finite values, and the loss terms
+read, only at the logging interval and before every evaluation and checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import Subset
+
+from cordaseg.adaptation import adaptation_step
+from cordaseg.adaptation.ema import ema_update
+from cordaseg.adaptation.schedules import poly_lr
+from cordaseg.config import ConfigError, to_dict
+from cordaseg.data.datasets import build_dataset
+from cordaseg.data.loader import make_loader
+from cordaseg.engine import checkpoint as ckpt
+from cordaseg.engine import distributed
+from cordaseg.engine.config import TrainConfig, validate
+from cordaseg.engine.logging import RunLogger, image_panels, progress_bar, truncate_metrics
+from cordaseg.errors import CheckpointError, CordasegError, DataError
+from cordaseg.evaluation.evaluate import evaluate_segmentation
+from cordaseg.models.checkpoint import (
+    atomic_save,
+    is_project_checkpoint,
+    load_state,
+    model_payload,
+    read_file,
+)
+from cordaseg.models.convert import load_init_weights
+from cordaseg.models.corda import build_model, param_groups
+
+# Stream identifiers mixed into seeds, so that source order, target order and step draws differ.
+_SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM = 1, 2, 3
+
+
+class TrainingDiverged(CordasegError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind (the modules are those of this process)."""
+
+    iteration: int
+    """Iterations completed."""
+    run_dir: Path
+    """The run directory."""
+    last_checkpoint: Path | None
+    """The newest training checkpoint written by this process (rank 0), if any."""
+    best_miou: float | None
+    """Best validation mIoU seen (percent), if evaluation ran."""
+    student: nn.Module
+    """The trained student (unwrapped from DDP)."""
+    teacher: nn.Module | None
+    """The EMA teacher (None for source-only training)."""
+    is_main: bool = True
+    """True on the process that wrote the run directory (rank 0)."""
+
+
+@dataclass
+class StartPlan:
+    """What :func:`preflight` found: where the run starts from."""
+
+    resume_path: Path | None = None
+    """Training checkpoint to resume from."""
+    resume: dict[str, Any] | None = None
+    """Its contents (already checked against the config)."""
+    init_state: dict[str, Any] | None = None
+    """Initial weights for a fresh run: a DeepLab init state dict or a cordaseg checkpoint."""
+
+
+def preflight(cfg: TrainConfig, resume: bool | str | Path | None) -> StartPlan:
+    """Validate the config and find the starting point, before any model is built or data read."""
+    validate(cfg)
+    run_dir = Path(cfg.run.out_dir)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if resume is True or (resume is None and cfg.run.auto_resume and latest is not None):
+        if latest is None:
+            raise CheckpointError(f"--resume: no checkpoint_*.pt in run.out_dir {run_dir}")
+        resume = latest
+    elif resume is None and latest is not None:
+        raise ConfigError(f"run.out_dir: {run_dir} already holds checkpoints; pass --resume, set "
+                          "run.auto_resume=true or choose another run.out_dir")
+    if resume not in (None, False):
+        path = Path(resume)
+        payload = ckpt.load_checkpoint(path)
+        ckpt.check_same_model(payload, cfg.model, path)
+        if int(payload["iteration"]) > cfg.optim.iterations:
+            raise ConfigError(f"optim.iterations: {cfg.optim.iterations} is less than the iteration "
+                              f"{payload['iteration']} of {path}")
+        return StartPlan(resume_path=path, resume=payload)
+    if cfg.checkpoint.init is None:
+        return StartPlan()
+    state = read_file(cfg.checkpoint.init, trust_pickle=cfg.checkpoint.trust_pickle)
+    if is_project_checkpoint(state):
+        ckpt.check_same_model(state, cfg.model, cfg.checkpoint.init)
+    return StartPlan(init_state=state)
+
+
+def effective_lr(cfg: TrainConfig, world_size: int) -> float:
+    """Base learning rate after ``optim.lr_scaling`` for this world size."""
+    if cfg.optim.lr_scaling == "linear":
+        return cfg.optim.lr * world_size * cfg.optim.batch_size / cfg.optim.reference_batch
+    return cfg.optim.lr
+
+
+def _configure_numerics(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.run.deterministic
+    torch.backends.cudnn.deterministic = cfg.run.deterministic
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (seed, stream, iteration, rank), stable across runs."""
+    words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return ((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
+class BatchStream:
+    """Endless batches of one training set for this rank, resumable at a batch boundary.
+
+    Wraps :func:`cordaseg.data.loader.make_loader`, whose sample order and per-item randomness
+    depend only on (seed, epoch, index); the position is (epoch, batches taken in the epoch).
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int, seed: int, ctx: distributed.DistributedContext,
+                 epoch: int = 0, batch: int = 0, what: str = "dataset") -> None:
+        self.loader = make_loader(dataset, batch_size, workers=workers, seed=seed, rank=ctx.rank,
+                                  world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda")
+        self.batch_size = batch_size
+        if self.loader.sampler.per_rank() < batch_size:
+            raise DataError(f"{what}: {len(dataset)} frames are too few for batch size {batch_size} on "
+                            f"{ctx.world_size} process(es)")
+        self.epoch, self.batch = epoch, batch
+        self._iterator = None
+
+    def __next__(self) -> dict[str, Any]:
+        while True:
+            if self._iterator is None:
+                self.loader.sampler.set_epoch(self.epoch, self.batch * self.batch_size)
+                self._iterator = iter(self.loader)
+            try:
+                item = next(self._iterator)
+            except StopIteration:
+                self.epoch, self.batch, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.batch += 1
+            return item
+
+    def state(self) -> dict[str, int]:
+        """Position after the batches handed out so far."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
+
+
+class _Run:
+    """State of one training run in this process."""
+
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistributedContext, plan: StartPlan) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.plan = plan
+        self.run_dir = Path(cfg.run.out_dir)
+        device = ctx.device
+        _configure_numerics(cfg, device)
+
+        torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+        student = build_model(cfg.model)
+        if plan.init_state is not None:
+            self._initialise(student, plan.init_state)
+        elif plan.resume is None:
+            warnings.warn("checkpoint.init is not set: training from randomly initialised weights "
+                          "(the paper starts from a COCO-pretrained DeepLabV2)", stacklevel=2)
+        student.to(device)
+        if cfg.run.channels_last:
+            student.to(memory_format=torch.channels_last)
+        student.train()
+        self.teacher = None
+        if cfg.adaptation.uses_target:
+            self.teacher = copy.deepcopy(student).requires_grad_(False)
+            self.teacher.train()  # the reference's teacher normalises with batch statistics
+        self.student = student
+        self.base_lr = effective_lr(cfg, ctx.world_size)
+        self.optimizer = torch.optim.SGD(
+            param_groups(student, self.base_lr, cfg.optim.head_lr_mult),
+            lr=self.base_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        )
+        self.iteration = 0
+        self.best_miou: float | None = None
+        data_state: dict[str, dict[str, int]] = {"source": {}, "target": {}}
+        if plan.resume is not None:
+            data_state = self._restore(plan.resume)
+        self.model = distributed.wrap_student(student, ctx)
+        if cfg.run.compile:
+            self.model = torch.compile(self.model)
+
+        self.source = build_dataset(cfg.source, train=True, seed=cfg.run.seed)
+        self.target = build_dataset(cfg.target, train=True, seed=cfg.run.seed + 1) if self.teacher else None
+        self.val = build_dataset(cfg.val, train=False, seed=cfg.run.seed) if cfg.val and cfg.eval.every else None
+        bs, workers = cfg.optim.batch_size, cfg.run.num_workers
+        self.source_stream = BatchStream(self.source, bs, workers, derive_seed(cfg.run.seed, _SOURCE_STREAM), ctx,
+                                         **data_state["source"], what="source")
+        self.target_stream = None
+        if self.target is not None:
+            self.target_stream = BatchStream(self.target, bs, workers, derive_seed(cfg.run.seed, _TARGET_STREAM),
+                                             ctx, **data_state["target"], what="target")
+        self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.logging.tensorboard)
+        self.last_checkpoint: Path | None = plan.resume_path
+
+    # ------------------------------------------------------------------ setup helpers
+    def _initialise(self, student: nn.Module, init_state: dict[str, Any]) -> None:
+        if is_project_checkpoint(init_state):
+            load_state(student, init_state["model"], self.cfg.checkpoint.init)
+        else:
+            load_init_weights(student, init_state)
+
+    def _restore(self, payload: dict[str, Any]) -> dict[str, dict[str, int]]:
+        path = self.plan.resume_path
+        load_state(self.student, payload["model"], path)
+        if self.teacher is not None:
+            load_state(self.teacher, payload["teacher"], path)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.iteration = int(payload["iteration"])
+        best = payload.get("best_miou")
+        self.best_miou = None if best is None else float(best)
+        ckpt.restore_rng_state(payload["rng"])
+        data_state = payload["data_state"]
+        if int(data_state.get("world_size", 1)) != self.ctx.world_size:
+            warnings.warn(f"{path} was written by a run with world_size {data_state.get('world_size')}, "
+                          f"this one has {self.ctx.world_size}: the data order will differ", stacklevel=2)
+        return {name: {k: int(v) for k, v in data_state.get(name, {}).items()} for name in ("source", "target")}
+
+    # ------------------------------------------------------------------ per-iteration work
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.run.precision == "bf16":
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _next_batch(self) -> dict[str, Any]:
+        """The step's flat batch: source_image/label/depth and target_image/depth."""
+        device, cl = self.ctx.device, self.cfg.run.channels_last
+        source = _to_device(next(self.source_stream), device, cl)
+        batch = {"source_image": source["image"], "source_label": source["label"],
+                 "source_depth": source.get("depth")}
+        if self.target_stream is not None:
+            target = _to_device(next(self.target_stream), device, cl)
+            batch.update(target_image=target["image"], target_depth=target.get("depth"))
+        return batch
+
+    def _check_finite(self, nonfinite: torch.Tensor, since: int) -> None:
+        """Stop the run (on every rank) if any loss since iteration ``since`` was not finite."""
+        if distributed.broadcast_flag(bool(nonfinite.item()), self.ctx):
+            where = self.last_checkpoint or "none was written"
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite between iterations {since} and {self.iteration}; "
+                f"stopped without saving. Last good checkpoint: {where}. Lower optim.lr or use "
+                "run.precision=fp32, then resume with --resume"
+            )
+
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            payload = model_payload(
+                self.student, self.cfg.model,
+                teacher=self.teacher.state_dict() if self.teacher is not None else {},
+                optimizer=self.optimizer.state_dict(),
+                iteration=self.iteration,
+                config=to_dict(self.cfg),
+                rng=ckpt.capture_rng_state(),
+                data_state={"source": self.source_stream.state(),
+                            "target": self.target_stream.state() if self.target_stream else {},
+                            "world_size": self.ctx.world_size},
+                best_miou=self.best_miou,
+            )
+            path = atomic_save(payload, self.run_dir / ckpt.checkpoint_name(self.iteration))
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep_last)
+            self.last_checkpoint = path
+        distributed.barrier(self.ctx)
+
+    def _evaluate(self) -> None:
+        """Student mIoU on the validation set (spec section 4), sharded over the ranks."""
+        cfg = self.cfg
+        dataset = self.val
+        if cfg.eval.max_images:
+            dataset = Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
+        result = evaluate_segmentation(
+            self.student, dataset, device=self.ctx.device, num_classes=cfg.model.num_classes,
+            precision=cfg.run.precision, batch_size=cfg.eval.batch_size, distributed=self.ctx.enabled,
+            progress=False,
+        )
+        miou = result.miou[cfg.model.num_classes] if cfg.model.num_classes in result.miou else \
+            next(iter(result.miou.values()))
+        improved = self.best_miou is None or miou > self.best_miou
+        if improved:
+            self.best_miou = miou
+        self.logger.log(self.iteration, "val", {
+            "mIoU": miou,
+            "best_mIoU": self.best_miou,
+            **{f"mIoU_{k}": v for k, v in result.miou.items()},
+            "IoU": dict(zip(result.class_names, (float(v) for v in result.iou))),
+        })
+        if improved and cfg.eval.keep_best and self.ctx.is_main:
+            atomic_save(model_payload(self.student, cfg.model, iteration=self.iteration, config=to_dict(cfg),
+                                      miou=miou), self.run_dir / "best.pt")
+
+    def fit(self) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
+        total = cfg.optim.iterations
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            truncate_metrics(self.run_dir, self.iteration)
+        bar = progress_bar(total, self.iteration, ctx.is_main and cfg.logging.progress)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=ctx.device)
+        checked_at, window_start, window_time = self.iteration, self.iteration, time.perf_counter()
+        try:
+            while self.iteration < total:
+                i = self.iteration
+                lr = poly_lr(self.base_lr, i, total, cfg.optim.poly_power)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                batch = self._next_batch()
+                generator = torch.Generator(device=ctx.device)
+                generator.manual_seed(derive_seed(cfg.run.seed, _STEP_STREAM, i, ctx.rank))
+                with_visuals = bool(cfg.logging.image_every) and (i + 1) % cfg.logging.image_every == 0
+                with self._autocast():
+                    out = adaptation_step(self.model, self.teacher, batch, cfg.adaptation, i, generator,
+                                          with_visuals=with_visuals and ctx.is_main)
+                self.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                self.optimizer.step()
+                if self.teacher is not None:
+                    ema_update(self.teacher, self.student, i, cfg.adaptation.ema_alpha)
+                nonfinite |= ~torch.isfinite(out.loss.detach())
+                self.iteration = done = i + 1
+                bar.update(1)
+
+                if done % cfg.logging.every == 0 or done == total:
+                    self._check_finite(nonfinite, checked_at)
+                    checked_at = done
+                    now = time.perf_counter()
+                    # .item() here only: one host sync per logging interval.
+                    values = {name: float(term) for name, term in out.terms.items()}
+                    values.update(lr=lr,
+                                  it_per_s=(done - window_start) / max(now - window_time, 1e-9))
+                    window_start, window_time = done, now
+                    self.logger.log(done, "train", values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+                if with_visuals and ctx.is_main:
+                    visuals = {"source_image": batch["source_image"], "source_label": batch["source_label"]}
+                    if "target_image" in batch:
+                        visuals["target_image"] = batch["target_image"]
+                    visuals.update(out.visuals)
+                    self.logger.log_images(done, image_panels(visuals))
+                if self.val is not None and (done % cfg.eval.every == 0 or done == total):
+                    self._check_finite(nonfinite, checked_at)
+                    checked_at = done
+                    self._evaluate()
+                if done % cfg.checkpoint.every == 0 or done == total:
+                    self._check_finite(nonfinite, checked_at)
+                    checked_at = done
+                    self._save()
+        finally:
+            bar.close()
+            self.logger.close()
+        return TrainResult(self.iteration, self.run_dir, self.last_checkpoint, self.best_miou,
+                           self.student, self.teacher, ctx.is_main)
+
+
+def train(cfg: TrainConfig, resume: bool | str | Path | None = None) -> TrainResult:
+    """Run (or resume) the configured training.
+
+    ``resume``: None resumes from the newest checkpoint in ``run.out_dir`` when
+    ``run.auto_resume`` is set; True requires such a checkpoint; a path resumes from that file.
+    Every configuration problem is raised before a model is built or data is read.
+    """
+    plan = preflight(cfg, resume)
+    ctx = distributed.init(cfg.run.device)
+    try:
+        return _Run(cfg, ctx, plan).fit()
+    finally:
+        distributed.shutdown()

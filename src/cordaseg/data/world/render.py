@@ -111,13 +111,40 @@ def _screen_rects(scene: Scene, camera: Camera) -> np.ndarray:
     return rects
 
 
+def _inverse_planes(vectors: np.ndarray) -> list[np.ndarray]:
+    """(H, W, 3) directions -> three contiguous (H, W) planes of 1 / component (zeros nudged)."""
+    planes = []
+    for axis in range(3):
+        component = vectors[..., axis]
+        component = np.where(component == 0, 1e-12, component)
+        planes.append(np.ascontiguousarray(1.0 / component))
+    return planes
+
+
+def _slab(origin, inv: list[np.ndarray], lo: np.ndarray, hi: np.ndarray):
+    """Slab test of rays ``origin + t * d`` (given as 1/d planes) against box [lo, hi].
+
+    Returns the per-axis entry parameters, the entry ``t_near`` and the exit ``t_far``; a ray hits
+    where ``t_near <= t_far``. ``origin`` is one point or (h, w) planes per axis.
+    """
+    near, far = [], []
+    for axis in range(3):
+        a = (lo[axis] - origin[axis]) * inv[axis]
+        b = (hi[axis] - origin[axis]) * inv[axis]
+        near.append(np.minimum(a, b))
+        far.append(np.maximum(a, b))
+    t_near = np.maximum(np.maximum(near[0], near[1]), near[2])
+    t_far = np.minimum(np.minimum(far[0], far[1]), far[2])
+    return near, t_near, t_far
+
+
 def cast_rays(scene: Scene, camera: Camera) -> GBuffer:
     """Render the geometry of ``scene`` seen by ``camera`` (nearest hit per pixel)."""
     h, w = camera.height, camera.width
     origin = np.asarray(camera.position)
     dirs = camera.ray_directions()  # (H, W, 3)
-    with np.errstate(divide="ignore"):
-        inv = 1.0 / dirs
+    # One contiguous (H, W) plane per axis: reductions over a length-3 last axis are slow in numpy.
+    inv = _inverse_planes(dirs)
 
     # Ground plane y = 0 (road and terrain); beyond MAX_GROUND_DISTANCE it is sky.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -133,20 +160,17 @@ def cast_rays(scene: Scene, camera: Camera) -> GBuffer:
         u0, u1, v0, v1 = rects[i]
         if u0 >= u1 or v0 >= v1:
             continue
-        sub_inv = inv[v0:v1, u0:u1]
-        with np.errstate(invalid="ignore"):
-            t_lo = (scene.box_min[i] - origin) * sub_inv  # (h, w, 3)
-            t_hi = (scene.box_max[i] - origin) * sub_inv
-        near = np.fmin(t_lo, t_hi)
-        t_near = near.max(-1)
-        t_far = np.fmax(t_lo, t_hi).min(-1)
+        near, t_near, t_far = _slab(origin, [plane[v0:v1, u0:u1] for plane in inv],
+                                    scene.box_min[i], scene.box_max[i])
         sub_depth = depth[v0:v1, u0:u1]
         hit = (t_near <= t_far) & (t_near > _EPS) & (t_near < sub_depth)
         if not hit.any():
             continue
-        axis = near[hit].argmax(-1)
-        sign = np.where(np.take_along_axis(sub_inv[hit], axis[:, None], -1)[:, 0] > 0, -1, 1)
-        sub_depth[hit] = t_near[hit]
+        t_hit = t_near[hit]
+        axis = np.where(near[0][hit] == t_hit, 0, np.where(near[1][hit] == t_hit, 1, 2))
+        direction = dirs[v0:v1, u0:u1][hit]
+        sign = np.where(np.take_along_axis(direction, axis[:, None], -1)[:, 0] > 0, -1, 1)
+        sub_depth[hit] = t_hit
         primitive[v0:v1, u0:u1][hit] = i
         face[v0:v1, u0:u1][hit] = (sign * (axis + 1)).astype(np.int8)
 
@@ -199,8 +223,8 @@ def shadow_mask(scene: Scene, gbuffer: GBuffer, sun: np.ndarray, casters: np.nda
     shadow = np.zeros((h, w), dtype=bool)
     camera = gbuffer.camera
     sun = np.asarray(sun, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        inv = 1.0 / sun
+    inv = [1.0 / (c if c != 0 else 1e-12) for c in sun]
+    point = [np.ascontiguousarray(gbuffer.point[..., axis]) for axis in range(3)]
     valid = gbuffer.primitive != -2
     for i in casters:
         lo, hi = scene.box_min[i], scene.box_max[i]
@@ -217,12 +241,7 @@ def shadow_mask(scene: Scene, gbuffer: GBuffer, sun: np.ndarray, casters: np.nda
             v0, v1 = max(int(np.floor(v.min())) - 1, 0), min(int(np.ceil(v.max())) + 2, h)
         if u0 >= u1 or v0 >= v1:
             continue
-        p = gbuffer.point[v0:v1, u0:u1].astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            t_lo = (lo - p) * inv
-            t_hi = (hi - p) * inv
-        t_near = np.fmin(t_lo, t_hi).max(-1)
-        t_far = np.fmax(t_lo, t_hi).min(-1)
+        _, t_near, t_far = _slab([p[v0:v1, u0:u1] for p in point], inv, lo, hi)
         blocked = (t_near <= t_far) & (t_far > 1e-3) & valid[v0:v1, u0:u1]
         blocked &= gbuffer.primitive[v0:v1, u0:u1] != i
         shadow[v0:v1, u0:u1] |= blocked

@@ -38,8 +38,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import cv2
+
     from cordaseg.data.check import check_config_for_split, check_tree
     from cordaseg.data.datasets import DatasetConfig
+
+    # Broken files are reported one line each below; OpenCV's own log lines would only add noise.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
     try:
         base = DatasetConfig(format=args.format, root=args.root,

@@ -84,6 +84,15 @@ def _to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def _nearest_indices(source: int, target: int) -> np.ndarray:
+    """Source index of each target pixel as PIL's nearest filter computes it: the pixel centre
+    ``(x + 0.5) * scale`` accumulated step by step (which decides exact ties), then floored."""
+    scale = source / target
+    steps = np.full(target, scale)
+    steps[0] = 0.5 * scale
+    return np.minimum(np.floor(np.cumsum(steps)).astype(np.intp), source - 1)
+
+
 def apply_geometry(
     array: np.ndarray, geometry: Geometry, resample: str, fill: float | tuple[float, ...]
 ) -> np.ndarray:
@@ -104,9 +113,16 @@ def apply_geometry(
     full_frame = (vx0, vy0, vx1, vy1) == (0, 0, target_w, target_h)
     if full_frame and (target_w, target_h) == (source_w, source_h):
         inside = array
+    elif resample == "nearest":
+        # Index arithmetic of PIL's nearest filter (source = floor((x + 0.5) * scale)), computed
+        # for the whole frame and sliced, so the crop equals the crop of the full resize exactly.
+        rows = _nearest_indices(source_h, target_h)[vy0:vy1]
+        cols = _nearest_indices(source_w, target_w)[vx0:vx1]
+        inside = array[rows[:, None], cols[None, :]]
     else:
         box = (vx0 * scale_x, vy0 * scale_y, vx1 * scale_x, vy1 * scale_y)
-        inside = np.asarray(_to_pil(array).resize((vx1 - vx0, vy1 - vy0), RESAMPLE[resample], box=box))
+        # np.array, not np.asarray: PIL's buffer is read-only and torch needs writable memory.
+        inside = np.array(_to_pil(array).resize((vx1 - vx0, vy1 - vy0), RESAMPLE[resample], box=box))
     if (vx0, vy0, vx1, vy1) == (x0, y0, x0 + crop_w, y0 + crop_h):
         out = inside
     else:
@@ -121,4 +137,8 @@ def resize(array: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarra
     """Resize a whole (H, W[, 3]) array to ``size`` (W, H) with the named interpolation."""
     if array.shape[1::-1] == tuple(size):
         return array
-    return np.asarray(_to_pil(array).resize(tuple(size), RESAMPLE[resample]))
+    if resample == "nearest":
+        rows = _nearest_indices(array.shape[0], size[1])
+        cols = _nearest_indices(array.shape[1], size[0])
+        return array[rows[:, None], cols[None, :]]
+    return np.array(_to_pil(array).resize(tuple(size), RESAMPLE[resample]))

@@ -1,0 +1,203 @@
+"""Datasets of spec section 5 on generated trees: decoded values, ID mappings, geometry, configs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cordaseg.config import ConfigError, from_dict, to_dict
+from cordaseg.data import formats, transforms
+from cordaseg.data.datasets import DatasetConfig, build_dataset, find_samples
+from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, SYNTHIA_ID_TO_TRAIN
+from cordaseg.data.normalization import CAFFE_MEAN_BGR
+from cordaseg.data.synth import generate_tree
+from cordaseg.errors import DataError
+
+SIZE = (64, 32)
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trees")
+    return {
+        "gta5": generate_tree("gta5", base / "gta5", 3, size=SIZE, seed=1),
+        "synthia": generate_tree("synthia", base / "synthia", 3, size=SIZE, seed=2),
+        "cityscapes": generate_tree("cityscapes", base / "cityscapes", 2, size=SIZE, seed=3),
+        "reference": generate_tree("cityscapes", base / "reference", 2, size=SIZE, seed=4, depth="mono",
+                                   layout="trainvaltest", splits=("train",)),
+    }
+
+
+def _eval_item(cfg, index=0):
+    return build_dataset(cfg, train=False)[index]
+
+
+@pytest.mark.parametrize("fmt", ["gta5", "synthia", "cityscapes"])
+def test_training_item_contract(trees, fmt):
+    dataset = build_dataset(DatasetConfig(format=fmt, root=str(trees[fmt])), train=True, seed=5)
+    item = dataset[1]
+    assert item["image"].shape == (3, 512, 512) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (512, 512) and item["label"].dtype == torch.int64
+    assert item["depth"].shape == (512, 512) and item["depth"].dtype == torch.float32
+    values = set(item["label"].unique().tolist())
+    assert values <= set(range(19)) | {255} and len(values - {255}) >= 2
+    assert (item["depth"] >= 1.0).all() and (item["depth"] > 1.0).any()
+    assert item["original_size"].tolist() == [SIZE[1], SIZE[0]]
+    assert item["index"] == 1 and item["name"] == dataset.records[1].name
+
+
+def test_gta_depth_and_label_values_at_known_pixels(trees, tmp_path):
+    root = tmp_path / "gta"
+    generate_tree("gta5", root, 1, size=(16, 16))
+    disparity = np.zeros((16, 16), dtype=np.uint16)
+    disparity[3, 5] = 25600
+    formats.write_uint16_png(root / "disparity" / "00001.png", disparity)
+    label_ids = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    formats.write_palette_label_png(root / "labels" / "00001.png", label_ids)
+    item = _eval_item(DatasetConfig(format="gta5", root=str(root), eval_size=None))
+    assert item["depth"][3, 5] == 101.0 and item["depth"][0, 0] == 1.0
+    np.testing.assert_array_equal(item["label"].numpy(), CITYSCAPES_ID_TO_TRAIN[label_ids])
+
+
+def test_cityscapes_stereo_depth_values_and_palette_labels(tmp_path):
+    root = tmp_path / "cs"
+    generate_tree("cityscapes", root, 1, size=(16, 16), splits=("train",))
+    paths = find_samples(DatasetConfig(format="cityscapes", root=str(root)))[0]
+    depth_m = np.full((16, 16), 20.0, dtype=np.float32)
+    depth_m[2, 3] = 0.05
+    depth_m[4, 4] = 10.0
+    formats.write_stereo_depth_mat(paths.depth, depth_m)
+    label_ids = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    formats.write_palette_label_png(paths.label, label_ids)  # palette labels are read as IDs too
+    item = _eval_item(DatasetConfig(format="cityscapes", root=str(root), eval_size=None))
+    assert item["depth"][2, 3] == 1.0
+    assert item["depth"][4, 4] == np.float32(655.36 / 10.01)
+    np.testing.assert_array_equal(item["label"].numpy(), CITYSCAPES_ID_TO_TRAIN[label_ids])
+
+
+def test_synthia_depth_and_both_label_kinds(tmp_path):
+    root = tmp_path / "syn"
+    generate_tree("synthia", root, 1, size=(16, 16))
+    depth_cm = np.full((16, 16), 2000, dtype=np.uint16)
+    depth_cm[1, 2] = 1000
+    formats.write_synthia_depth_png(root / "Depth" / "Depth" / "0000000.png", depth_cm)
+    mapped = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    formats.write_gray_label_png(root / "synthia_mapped_to_cityscapes" / "0000000.png", mapped)
+    raw = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    raw.reshape(-1)[:23] = np.arange(23)  # every SYNTHIA class ID, plus large values that must be ignored
+    formats.write_synthia_label_png(root / "GT" / "LABELS" / "0000000.png", raw, raw[::-1])
+    item = _eval_item(DatasetConfig(format="synthia", root=str(root), eval_size=None))
+    assert item["depth"][1, 2] == np.float32(655.36 / 10.01)
+    np.testing.assert_array_equal(item["label"].numpy(), SYNTHIA_ID_TO_TRAIN[mapped])
+    raw_item = _eval_item(DatasetConfig(format="synthia", root=str(root), eval_size=None, synthia_labels="raw"))
+    np.testing.assert_array_equal(raw_item["label"].numpy(), SYNTHIA_ID_TO_TRAIN[raw])
+    assert raw_item["label"][0, 3] == 0 and raw_item["label"][2, 0] == 255
+
+
+def _reference_crop(array, resample, target, window, flip):
+    """Resize the whole frame with PIL, then crop: what the one-step geometry must equal."""
+    full = np.asarray(Image.fromarray(array).resize(target, transforms.RESAMPLE[resample]))
+    x0, y0, w, h = window
+    crop = full[y0:y0 + h, x0:x0 + w]
+    return crop[:, ::-1] if flip else crop
+
+
+@pytest.mark.parametrize(("fmt", "image_rs", "depth_rs", "extra"), [
+    ("gta5", "bicubic", "bilinear", {}),
+    ("synthia", "bicubic", "nearest", {}),
+    ("cityscapes", "bilinear", "nearest", {}),
+    ("gta5", "bicubic", "bilinear", {"flip": True, "scale_range": (0.5, 1.5), "crop": (300, 200)}),
+])
+def test_crop_equals_crop_of_fully_resized_frame_per_modality(trees, fmt, image_rs, depth_rs, extra):
+    cfg = DatasetConfig(format=fmt, root=str(trees[fmt]), **extra)
+    dataset = build_dataset(cfg, train=True, seed=11)
+    dataset.set_epoch(3)
+    item = dataset[1]
+    record = dataset.records[1]
+    image = formats.read_image_bgr(record.image)
+    source = (image.shape[1], image.shape[0])
+    resize, scale = cfg.target_resize()
+    target = transforms.resized_size(source, resize, scale)
+    assert target == ((1280, 720) if fmt != "cityscapes" else (SIZE[0] // 2, SIZE[1] // 2))
+    geometry = transforms.sample_geometry(np.random.default_rng([11, 3, 1]), source, target, cfg.crop,
+                                          cfg.scale_range, cfg.flip)
+    x0, y0, w, h = geometry.window
+    assert (w, h) == cfg.crop
+    if fmt != "cityscapes":  # frames larger than the crop: the window lies inside the frame
+        assert 0 <= x0 <= geometry.target_size[0] - w and 0 <= y0 <= geometry.target_size[1] - h
+        expected_image = _reference_crop(image, image_rs, geometry.target_size, geometry.window, geometry.flip)
+        got = item["image"].numpy().transpose(1, 2, 0) + np.float32(CAFFE_MEAN_BGR)
+        assert np.abs(got - expected_image).max() <= 1.0 + 1e-3
+        from cordaseg.data.datasets import read_depth, read_label_train_ids
+        label = read_label_train_ids(cfg, record.label)
+        np.testing.assert_array_equal(item["label"].numpy(), _reference_crop(
+            label, "nearest", geometry.target_size, geometry.window, geometry.flip))
+        depth = read_depth(cfg.depth_kind, record.depth)
+        expected_depth = _reference_crop(depth, depth_rs, geometry.target_size, geometry.window, geometry.flip)
+        np.testing.assert_allclose(item["depth"].numpy(), expected_depth, rtol=1e-5)
+        source_values = set(np.unique(depth).tolist())
+        new_values = set(np.unique(item["depth"].numpy()).tolist()) - source_values
+        assert bool(new_values) == (depth_rs == "bilinear")  # nearest never invents values
+    else:  # half of 64x32 is smaller than the crop: the frame sits inside ignore / invalid padding
+        label = item["label"].numpy()
+        inside = label[-y0:-y0 + SIZE[1] // 2, -x0:-x0 + SIZE[0] // 2]
+        assert (label == 255).sum() >= 512 * 512 - inside.size
+        assert (item["depth"].numpy() == 1.0).sum() >= 512 * 512 - inside.size
+        assert np.abs(item["image"].numpy()[:, 0 if y0 < 0 else -1, :]).max() < 0.5  # mean colour padding
+
+
+def test_randomness_depends_only_on_seed_epoch_and_index(trees):
+    cfg = DatasetConfig(format="gta5", root=str(trees["gta5"]), crop=(64, 64))
+    first = build_dataset(cfg, train=True, seed=7)
+    second = build_dataset(cfg, train=True, seed=7)
+    torch.testing.assert_close(first[(4, 1)]["image"], second[(4, 1)]["image"])
+    second.set_epoch(4)
+    torch.testing.assert_close(first[(4, 1)]["depth"], second[1]["depth"])
+    assert not torch.equal(first[(4, 1)]["image"], first[(5, 1)]["image"])
+    assert not torch.equal(first[(4, 1)]["image"], build_dataset(cfg, train=True, seed=8)[(4, 1)]["image"])
+
+
+def test_cityscapes_evaluation_item_and_reference_layout(trees):
+    cfg = DatasetConfig(format="cityscapes", root=str(trees["cityscapes"]), split="val", depth="none",
+                        eval_size=(32, 16))
+    dataset = build_dataset(cfg, train=False)
+    assert len(dataset) == 2 and dataset.records[0].extra["city"] in ("frankfurt", "lindau")
+    item = dataset[0]
+    assert item["image"].shape == (3, 16, 32)
+    assert item["label"].shape == (SIZE[1], SIZE[0]) and (item["depth"] == 1.0).all()
+    assert item["name"].endswith("_000019") and item["image_path"].endswith("_leftImg8bit.png")
+
+    mono = DatasetConfig(format="cityscapes", root=str(trees["reference"]), depth="mono", eval_size=None)
+    records = find_samples(mono)
+    assert "leftImg8bit_trainvaltest" in str(records[0].image) and records[0].extra["layout"] == "trainvaltest"
+    raw = formats.read_uint16_png(records[0].depth)
+    np.testing.assert_array_equal(_eval_item(mono)["depth"].numpy(), formats.decode_mono_disparity(raw))
+
+
+def test_list_file_and_unlabelled_target(trees, tmp_path):
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("# subset\n00003.png\n\n00001.png\n")
+    cfg = DatasetConfig(format="gta5", root=str(trees["gta5"]), list_file=str(list_file), use_labels=False)
+    dataset = build_dataset(cfg, train=True)
+    assert [r.name for r in dataset.records] == ["00003", "00001"]
+    assert (dataset[0]["label"] == 255).all()
+    cs_list = tmp_path / "cs.txt"
+    cs_list.write_text("bochum/bochum_000000_000020_leftImg8bit.png\n")
+    cs = DatasetConfig(format="cityscapes", root=str(trees["cityscapes"]), list_file=str(cs_list))
+    assert [r.name for r in find_samples(cs)] == ["bochum_000000_000020"]
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    cfg = from_dict(DatasetConfig, {"format": "synthia", "root": "/x", "crop": [256, 128], "flip": True})
+    assert cfg.crop == (256, 128) and from_dict(DatasetConfig, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="Cityscapes depth kind"):
+        DatasetConfig(format="gta5", depth="stereo")
+    with pytest.raises(ConfigError, match="cropp"):
+        from_dict(DatasetConfig, {"cropp": [1, 2]})
+    with pytest.raises(ConfigError, match="resize"):
+        DatasetConfig(resize=(10, 10), resize_scale=0.5)
+    with pytest.raises(DataError, match="dataset root not found"):
+        build_dataset(DatasetConfig(root=str(tmp_path / "missing")), train=True)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DataError, match="no gta5 frames"):
+        build_dataset(DatasetConfig(root=str(tmp_path)), train=True)

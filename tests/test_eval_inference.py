@@ -45,7 +45,7 @@ def test_window_starts_cover_the_whole_length_and_end_aligned():
 def test_sliding_window_of_pointwise_function_equals_whole_image():
     image = torch.randn(2, 3, 37, 50, generator=torch.Generator().manual_seed(0))
     whole = pointwise_fn(image)
-    windowed = sliding_window(pointwise_fn, image, window=(16, 20), stride=(9, 11))
+    windowed = sliding_window(pointwise_fn, image, window=(20, 16), stride=(11, 9))  # (W, H)
     assert set(windowed) == {"semantic", "depth"}
     for name in whole:
         torch.testing.assert_close(windowed[name], whole[name])
@@ -97,3 +97,15 @@ def test_model_callable_on_tiny_corda_network_fp32_and_bf16():
     assert set(low) == {"semantic"} and low["semantic"].dtype == torch.float32
     full = infer(model_callable(model), image, InferenceConfig(flip=True), out_size=(128, 128))
     assert full["semantic"].shape == (1, 19, 128, 128) and full["depth"].shape == (1, 1, 128, 128)
+
+
+def test_sliding_window_sizes_are_width_by_height():
+    shapes = []
+
+    def recording_fn(crop: torch.Tensor) -> dict[str, torch.Tensor]:
+        shapes.append(tuple(crop.shape[-2:]))
+        return pointwise_fn(crop)
+
+    sliding_window(recording_fn, torch.zeros(1, 3, 30, 50), window=(20, 16), stride=(20, 14))
+    assert set(shapes) == {(16, 20)}
+    assert len(shapes) == 3 * 2  # columns 0, 20, 30; rows 0, 14

@@ -17,6 +17,7 @@ from cordaseg.errors import CordasegError
 COMMAND_MODULES = (
     "cordaseg.models.cli",
     "cordaseg.engine.cli",
+    "cordaseg.evaluation.cli",
     "cordaseg.data.world.cli",
     "cordaseg.data.cli",
 )

@@ -43,9 +43,9 @@ class InferenceConfig:
     sliding_window: bool = False
     """Run on overlapping crops of ``window`` instead of the whole (scaled) input."""
     window: tuple[int, int] = (512, 512)
-    """Crop size (height, width) for sliding-window inference."""
+    """Crop size (W, H) for sliding-window inference."""
     stride: tuple[int, int] = (341, 341)
-    """Step (height, width) between crops; smaller than ``window`` so crops overlap."""
+    """Step (W, H) between crops; at most ``window`` so that crops cover every pixel."""
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -99,13 +99,14 @@ def _window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def sliding_window(fn: ModelFn, image: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]) -> HeadOutputs:
-    """Run ``fn`` on overlapping crops; returns each head at the image size, averaged over overlaps."""
+    """Run ``fn`` on overlapping crops of ``window`` (W, H) every ``stride`` (W, H); returns each
+    head at the image size, averaged where crops overlap."""
     _, _, height, width = image.shape
-    win_h, win_w = min(window[0], height), min(window[1], width)
+    win_w, win_h = min(window[0], width), min(window[1], height)
     sums: HeadOutputs = {}
     counts = image.new_zeros(1, 1, height, width, dtype=torch.float32)
-    for top in _window_starts(height, win_h, stride[0]):
-        for left in _window_starts(width, win_w, stride[1]):
+    for top in _window_starts(height, win_h, stride[1]):
+        for left in _window_starts(width, win_w, stride[0]):
             crop = image[:, :, top : top + win_h, left : left + win_w]
             for name, value in fn(crop).items():
                 value = resize_bilinear(value, (win_h, win_w))  # (B, K, win_h, win_w)

@@ -239,8 +239,8 @@ def read_stereo_depth_mat(path: str | Path) -> np.ndarray:
         contents = scipy.io.loadmat(str(path), variable_names=["depth_map"])
     except NotImplementedError:
         return _read_mat_v73(path)
-    except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as err:
-        raise DataError(f"{path}: cannot read the MATLAB file ({err})") from err
+    except Exception as err:  # scipy's parser raises many kinds (IndexError, MatReadError, ...) on bad files
+        raise DataError(f"{path}: cannot read the MATLAB file ({type(err).__name__}: {err})") from err
     if "depth_map" not in contents:
         raise DataError(f"{path}: no variable 'depth_map' in the MATLAB file")
     depth = np.asarray(contents["depth_map"])

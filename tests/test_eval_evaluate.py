@@ -132,3 +132,47 @@ def test_json_and_csv_outputs(tmp_path):
     assert ["mIoU13", "", "100.0000"] in rows
     table = result.format_table()
     assert "mIoU (16 classes): 100.00" in table and "depth head depth:" in table
+
+
+def _noisy_oracle_items(count: int = 5) -> list[dict]:
+    """Items whose image carries a corrupted copy of the label, so OracleNet makes mistakes."""
+    items = oracle_items(count)
+    generator = torch.Generator().manual_seed(7)
+    for item in items:
+        noisy = item["label"].clamp(max=18).float()
+        flip = torch.rand(noisy.shape, generator=generator) < 0.3
+        noisy[flip] = torch.randint(0, 19, (int(flip.sum()),), generator=generator).float()
+        item["image"][0] = noisy
+    return items
+
+
+def _distributed_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        result = evaluate_segmentation(OracleNet(), _noisy_oracle_items(), device="cpu", distributed=True,
+                                       progress=False)
+        if rank == 0:
+            torch.save({"confusion": result.confusion, "num_images": result.num_images, "depth": result.depth},
+                       result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_with_two_gloo_processes_equals_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(2, port, str(tmp_path / "r.pt")), nprocs=2, join=True)
+    reduced = torch.load(tmp_path / "r.pt", weights_only=False)
+    single = evaluate_segmentation(OracleNet(), _noisy_oracle_items(), device="cpu", progress=False)
+    assert reduced["num_images"] == single.num_images == 5  # 3 + 2 shards, nothing repeated
+    np.testing.assert_array_equal(reduced["confusion"], single.confusion)
+    assert 0 < np.trace(single.confusion) < single.confusion.sum()
+    assert reduced["depth"]["depth"] == pytest.approx(single.depth["depth"])

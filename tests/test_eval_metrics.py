@@ -1,15 +1,13 @@
-"""Confusion matrix, mIoU protocols, pixel accuracy, depth metrics and their all-reduce."""
+"""Confusion matrix, mIoU protocols, pixel accuracy and depth metrics (the all-reduce path is
+tested end to end with two gloo processes in test_eval_evaluate.py)."""
 
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cordaseg.data.labels import IGNORE_INDEX, PROTOCOLS
 from cordaseg.evaluation.metrics import (
@@ -92,50 +90,3 @@ def test_depth_metrics_match_direct_formulas_and_skip_invalid():
     assert out["abs_rel"] == pytest.approx(np.mean(np.abs(pred - gt) / gt))
     assert out["rmse"] == pytest.approx(np.sqrt(np.mean((pred - gt) ** 2)))
     assert out["delta1"] == pytest.approx(2 / 3 * 100)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shard(rank: int, world_size: int):
-    generator = torch.Generator().manual_seed(123)
-    label = torch.randint(0, 21, (6, 8, 8), generator=generator)  # 19, 20 act as ignore
-    prediction = torch.randint(0, 19, (6, 8, 8), generator=generator)
-    depth_gt = torch.rand(6, 8, 8, generator=generator) * 5 + 1.0
-    depth_pred = torch.rand(6, 8, 8, generator=generator) * 5 + 1.0
-    return label[rank::world_size], prediction[rank::world_size], depth_gt[rank::world_size], depth_pred[rank::world_size]
-
-
-def _worker(rank: int, world_size: int, port: int, result_path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        label, prediction, depth_gt, depth_pred = _shard(rank, world_size)
-        cm = ConfusionMatrix()
-        cm.update(prediction, label)
-        cm.all_reduce()
-        meter = DepthMeter()
-        meter.update(depth_pred, depth_gt)
-        meter.all_reduce()
-        if rank == 0:
-            torch.save({"matrix": cm.matrix, "depth": meter.sums}, result_path)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_all_reduce_with_two_gloo_processes_equals_one_process(tmp_path):
-    result_path = str(tmp_path / "reduced.pt")
-    mp.spawn(_worker, args=(2, _free_port(), result_path), nprocs=2, join=True)
-    reduced = torch.load(result_path)
-
-    label, prediction, depth_gt, depth_pred = _shard(0, 1)
-    cm = ConfusionMatrix()
-    cm.update(prediction, label)
-    meter = DepthMeter()
-    meter.update(depth_pred, depth_gt)
-    assert torch.equal(reduced["matrix"], cm.matrix)
-    torch.testing.assert_close(reduced["depth"], meter.sums)
-    assert cm.matrix.sum() > 0

@@ -200,3 +200,34 @@ def test_missing_depth_in_the_batch_is_a_data_error_naming_the_key():
     # DACS does not need depth at all
     out = adaptation_step(student, teacher, batch, AdaptationConfig(method="dacs"), 3, torch.Generator())
     assert torch.isfinite(out.loss)
+
+
+class ConvNet(nn.Module):
+    """A one-convolution stand-in with all six outputs at 1/8 resolution (fast in bf16 on CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 19 * 2 + 4, kernel_size=8, stride=8)
+
+    def forward(self, x: torch.Tensor) -> CordaOutput:
+        y = self.conv(x / 100)
+        s, s0, d, d0, ds, ds0 = y.split([19, 19, 1, 1, 1, 1], dim=1)
+        return CordaOutput(s, s0, 1 + d.exp(), 1 + d0.exp(), 1 + ds.exp(), 1 + ds0.exp())
+
+
+def test_step_under_bf16_autocast_keeps_losses_and_mixing_in_float32():
+    torch.manual_seed(0)
+    student = ConvNet()
+    teacher = copy.deepcopy(student)
+    batch = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = adaptation_step(student, teacher, batch, AdaptationConfig(), 3, torch.Generator().manual_seed(0),
+                              with_visuals=True)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(t.dtype == torch.float32 for t in out.terms.values())
+    assert out.visuals["mixed_image"].dtype == torch.float32
+    reference = adaptation_step(student, teacher, batch, AdaptationConfig(), 3, torch.Generator().manual_seed(0),
+                                with_visuals=True)
+    torch.testing.assert_close(out.visuals["mixed_image"], reference.visuals["mixed_image"])
+    out.loss.backward()
+    assert student.conv.weight.grad.dtype == torch.float32 and torch.isfinite(student.conv.weight.grad).all()

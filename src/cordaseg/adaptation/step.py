@@ -200,11 +200,13 @@ def adaptation_step(
     target_label, target_confidence, num_classes = pseudo_label(teacher, target_image, iteration, cfg)
     label = sanitize_label(source_label, num_classes, cfg.ignore_index)
 
-    # Step 4: ClassMix (source pasted on target) and strong augmentation of the mixed image.
-    mask = classmix_mask(label, draws.class_scores, cfg.ignore_index, cfg.classmix_ignore_as_class)  # (B, H, W)
-    mixed_image = strong_augment(mix(mask, source_image, target_image), draws, cfg.augmentation, cfg.mean_bgr)
-    mixed_label = mix(mask, label, target_label)  # (B, H, W) long
-    mixed_depth = mix(mask, source_depth, target_depth) if cfg.uses_depth else None
+    # Step 4: ClassMix (source pasted on target) and strong augmentation of the mixed image, in the
+    # input precision even under the engine's autocast (the blur is a convolution).
+    with torch.autocast(device_type=source_image.device.type, enabled=False):
+        mask = classmix_mask(label, draws.class_scores, cfg.ignore_index, cfg.classmix_ignore_as_class)  # (B, H, W)
+        mixed_image = strong_augment(mix(mask, source_image, target_image), draws, cfg.augmentation, cfg.mean_bgr)
+        mixed_label = mix(mask, label, target_label)  # (B, H, W) long
+        mixed_depth = mix(mask, source_depth, target_depth) if cfg.uses_depth else None
 
     # Steps 2 and 5: student passes, separate (reference BN statistics) or merged (fast option).
     if cfg.merged_student_pass:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cordaseg.engine.cli",
     "cordaseg.evaluation.cli",
     "cordaseg.data.world.cli",
+    "cordaseg.depth.cli",
     "cordaseg.data.cli",
 )
 

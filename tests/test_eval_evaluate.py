@@ -112,7 +112,7 @@ def test_tta_and_bf16_run_and_count_the_same_pixels():
     items = _tiny_items(2)
     plain = evaluate_segmentation(model, items, device="cpu", progress=False)
     tta = evaluate_segmentation(model, items, device="cpu", progress=False, inference=InferenceConfig(
-        scales=(0.75, 1.0), flip=True, sliding_window=True, window=(24, 24), stride=(16, 16)))
+        scales=(0.75, 1.0), flip=True, sliding_window=True, window=(32, 32), stride=(16, 32)))
     bf16 = evaluate_segmentation(model, items, device="cpu", precision="bf16", progress=False)
     assert tta.confusion.sum() == plain.confusion.sum() == bf16.confusion.sum()
     with pytest.raises(ConfigError, match="output_size"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cordaseg.engine import checkpoint as ckpt
+from cordaseg.engine.config import load_train_config
 from cordaseg.engine.logging import RunLogger, image_panels, read_metrics, truncate_metrics
 from cordaseg.errors import CheckpointError
 
@@ -92,3 +94,29 @@ def test_image_panels_render_images_labels_logits_and_maps():
     assert panels["pseudo_label"][0, 1].tolist() == [0, 0, 0]  # ignore is black
     weight = panels["pixel_weight"][..., 0]
     assert weight.min() == 0 and weight.max() == 255
+
+
+SHIPPED = {
+    "gta2cityscapes": ("corda", "corda", "gta5", "stereo"),
+    "synthia2cityscapes": ("corda", "corda", "synthia", "stereo"),
+    "synthia2cityscapes_mono": ("corda", "corda", "synthia", "mono"),
+    "dacs_gta2cityscapes": ("dacs", "deeplab", "gta5", "none"),
+    "source_only_gta2cityscapes": ("source_only", "deeplab", "gta5", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_configs_load_and_state_their_command(name):
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(f"cordaseg train --config configs/{name}.yaml" in line for line in header)
+    assert any("mIoU" in line for line in header) and any("GPU time" in line for line in header)
+    cfg = load_train_config(path)
+    method, arch, source, target_depth = SHIPPED[name]
+    assert (cfg.adaptation.method, cfg.model.arch, cfg.source.format) == (method, arch, source)
+    assert (cfg.target.depth if cfg.target else None) == target_depth
+    assert cfg.model.backbone_depth == 101 and cfg.optim.iterations == 250_000 and cfg.optim.batch_size == 2
+    # GTA recipe takes early pseudo-labels from the initial head; SYNTHIA's from the final head.
+    if arch == "corda":
+        assert cfg.adaptation.initial_head_until == (25001 if source == "gta5" else 0)
+        assert cfg.model.initial_semantic == ("aspp" if source == "gta5" else "conv")

@@ -189,40 +189,61 @@ def find_samples(cfg: DatasetConfig) -> list[SampleRecord]:
 # Decoding one frame
 
 
-def read_label_train_ids(cfg: DatasetConfig, path: Path) -> np.ndarray:
-    """(H, W) uint8 train IDs (255 = ignore) from the config's label file kind."""
+def read_label_raw(cfg: DatasetConfig, path: Path) -> np.ndarray:
+    """(H, W) label IDs as stored: uint8 Cityscapes / SYNTHIA IDs, or uint16 raw SYNTHIA classes."""
     if cfg.format == "synthia" and cfg.synthia_labels == "raw":
         class_ids, _ = formats.read_synthia_label(path)
-        return SYNTHIA_ID_TO_TRAIN[class_ids]
-    ids = formats.read_label_ids(path)
-    table = SYNTHIA_ID_TO_TRAIN[:256] if cfg.format == "synthia" else CITYSCAPES_ID_TO_TRAIN
-    return table[ids]
+        return class_ids
+    return formats.read_label_ids(path)
+
+
+def label_table(cfg: DatasetConfig) -> np.ndarray:
+    """Lookup table from the stored label IDs of ``cfg`` to train IDs (255 = ignore)."""
+    if cfg.format == "synthia":
+        return SYNTHIA_ID_TO_TRAIN if cfg.synthia_labels == "raw" else SYNTHIA_ID_TO_TRAIN[:256]
+    return CITYSCAPES_ID_TO_TRAIN
+
+
+def read_label_train_ids(cfg: DatasetConfig, path: Path) -> np.ndarray:
+    """(H, W) uint8 train IDs (255 = ignore) from the config's label file kind."""
+    return label_table(cfg)[read_label_raw(cfg, path)]
+
+
+def read_depth_raw(depth_kind: str, path: Path) -> np.ndarray:
+    """(H, W) depth values as stored: uint16 PNG values, or metres from the stereo ``.mat``."""
+    if depth_kind in ("disparity", "mono", "synthia"):
+        return formats.read_uint16_png(path)
+    if depth_kind == "stereo":
+        return formats.read_stereo_depth_mat(path)
+    raise ValueError(f"unknown depth kind {depth_kind!r}")
+
+
+DEPTH_DECODERS = {
+    "disparity": formats.decode_gta_disparity,
+    "mono": formats.decode_mono_disparity,
+    "synthia": formats.decode_synthia_depth,
+    "stereo": formats.decode_stereo_depth,
+}
 
 
 def read_depth(depth_kind: str, path: Path) -> np.ndarray:
     """(H, W) float32 inverse-depth-like values (invalid = 1.0) of one depth file."""
-    if depth_kind in ("disparity", "mono"):
-        return formats.decode_gta_disparity(formats.read_uint16_png(path))
-    if depth_kind == "synthia":
-        return formats.decode_synthia_depth(formats.read_uint16_png(path))
-    if depth_kind == "stereo":
-        return formats.decode_stereo_depth(formats.read_stereo_depth_mat(path))
-    raise ValueError(f"unknown depth kind {depth_kind!r}")
+    return DEPTH_DECODERS[depth_kind](read_depth_raw(depth_kind, path))
 
 
 @dataclass
 class RawFrame:
-    """A decoded frame before geometry: BGR image, train-ID label, depth (None = not read)."""
+    """A frame as stored, before ID mapping, depth decoding and geometry (None = not read)."""
 
     image_bgr: np.ndarray  # (H, W, 3) uint8
-    label: np.ndarray | None  # (H, W) uint8 train IDs
-    depth: np.ndarray | None  # (H, W) float32
+    label: np.ndarray | None  # (H, W) stored label IDs
+    depth: np.ndarray | None  # (H, W) stored depth values
 
 
 def read_frame(cfg: DatasetConfig, record: SampleRecord) -> RawFrame:
     image = formats.read_image_bgr(record.image)
-    label = read_label_train_ids(cfg, record.label) if record.label is not None else None
-    depth = read_depth(cfg.depth_kind, record.depth) if record.depth is not None else None
+    label = read_label_raw(cfg, record.label) if record.label is not None else None
+    depth = read_depth_raw(cfg.depth_kind, record.depth) if record.depth is not None else None
     return RawFrame(image, label, depth)
 
 
@@ -283,14 +304,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         fill = tuple(int(round(m)) for m in self.cfg.mean_bgr)
         image = transforms.apply_geometry(frame.image_bgr, geometry, IMAGE_RESAMPLE[fmt], fill)
         out_h, out_w = image.shape[:2]
+        # ID mapping and depth decoding run inside apply_geometry, on the cropped region only.
         if frame.label is None:
             label = np.full((out_h, out_w), IGNORE_INDEX, dtype=np.uint8)
         else:
-            label = transforms.apply_geometry(frame.label, geometry, LABEL_RESAMPLE, IGNORE_INDEX)
+            table = label_table(self.cfg)
+            label = transforms.apply_geometry(frame.label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
+                                              convert=lambda ids: table[ids])
         if frame.depth is None:
             depth = np.ones((out_h, out_w), dtype=np.float32)
         else:
-            depth = transforms.apply_geometry(frame.depth, geometry, DEPTH_RESAMPLE[fmt], formats.INVALID_DEPTH)
+            depth = transforms.apply_geometry(frame.depth, geometry, DEPTH_RESAMPLE[fmt], formats.INVALID_DEPTH,
+                                              convert=DEPTH_DECODERS[self.cfg.depth_kind])
         return image, label, depth
 
     def _eval_geometry(self, frame: RawFrame):
@@ -298,8 +323,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image = frame.image_bgr
         if self.cfg.eval_size is not None:
             image = transforms.resize(image, self.cfg.eval_size, IMAGE_RESAMPLE[self.cfg.format])
-        label = frame.label if frame.label is not None else np.full((height, width), IGNORE_INDEX, np.uint8)
-        depth = frame.depth if frame.depth is not None else np.ones((height, width), dtype=np.float32)
+        if frame.label is None:
+            label = np.full((height, width), IGNORE_INDEX, np.uint8)
+        else:
+            label = label_table(self.cfg)[frame.label]
+        if frame.depth is None:
+            depth = np.ones((height, width), dtype=np.float32)
+        else:
+            depth = DEPTH_DECODERS[self.cfg.depth_kind](frame.depth)
         return image, label, depth
 
 

@@ -32,7 +32,7 @@ from cordaseg.data.world.render import Camera
 from cordaseg.errors import DataError
 
 # Bumped whenever the world's content changes, so cached worlds are regenerated.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 MANIFEST = "world.json"
 TRAIN_CITY = "synthtown"
 VAL_CITY = "synthvale"

@@ -60,20 +60,20 @@ def test_normalized_intrinsics_gta_convention(tmp_path):
 
 
 def test_cityscapes_stereo_items(world):
-    cfg = DepthDataConfig(layout="cityscapes", root=str(world), size=(32, 32), flip=0.0)
+    cfg = DepthDataConfig(layout="cityscapes", root=str(world), size=(64, 64), flip=0.0)
     dataset = SelfSupervisedDepthDataset(cfg, stereo=True, mono=False)
     assert len(dataset) == 2
     item = dataset[0]
-    assert item["image"].shape == (3, 32, 32) and item["stereo"].shape == (3, 32, 32)
+    assert item["image"].shape == (3, 64, 64) and item["stereo"].shape == (3, 64, 64)
     assert "frames" not in item and 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     cam = formats.read_camera_json(formats.cityscapes_camera_path(world, "train", "synthtown", item["name"]))
-    expected = Camera(cam["fx"], cam["fy"], cam["u0"], cam["v0"], 64, 32).resized(32, 32).matrix()
+    expected = Camera(cam["fx"], cam["fy"], cam["u0"], cam["v0"], 64, 32).resized(64, 64).matrix()
     torch.testing.assert_close(item["K"], torch.from_numpy(expected))
     assert item["baseline"].item() == pytest.approx(cam["baseline"])
 
 
 def test_stereo_flip_swaps_the_views(world):
-    base = DepthDataConfig(layout="cityscapes", root=str(world), size=(64, 32))
+    base = DepthDataConfig(layout="cityscapes", root=str(world), size=(64, 64))
     plain = SelfSupervisedDepthDataset(DepthDataConfig(**{**base.__dict__, "flip": 0.0}), stereo=True, mono=False)[1]
     flipped = SelfSupervisedDepthDataset(DepthDataConfig(**{**base.__dict__, "flip": 1.0}), stereo=True, mono=False)[1]
     torch.testing.assert_close(flipped["image"], plain["stereo"].flip(-1))
@@ -89,22 +89,22 @@ def test_video_layout_items_and_offsets(tmp_path):
     records = find_video(tmp_path, (-1, 1))
     assert [r.name for r in records] == ["seq_a/0001", "seq_a/0002", "seq_b/0001", "seq_b/0002"]
     assert [p.name for p in records[0].neighbours] == ["0000.png", "0002.png"]
-    cfg = DepthDataConfig(layout="video", root=str(tmp_path), size=(64, 32), frame_offsets=(-1, 1), flip=0.0)
+    cfg = DepthDataConfig(layout="video", root=str(tmp_path), size=(64, 64), frame_offsets=(-1, 1), flip=0.0)
     item = SelfSupervisedDepthDataset(cfg, stereo=True, mono=True)[0]
-    assert item["frames"].shape == (2, 3, 32, 64) and item["stereo"].shape == (3, 32, 64)
+    assert item["frames"].shape == (2, 3, 64, 64) and item["stereo"].shape == (3, 64, 64)
     assert item["K"][0, 0].item() == pytest.approx(0.8 * 64) and item["baseline"].item() == pytest.approx(0.3)
 
 
 def test_config_and_dataset_errors(tmp_path, world):
     with pytest.raises(ConfigError, match="multiples of 32"):
-        DepthDataConfig(size=(50, 32))
+        DepthDataConfig(size=(50, 64))
     with pytest.raises(ConfigError, match="frame_offsets"):
         DepthDataConfig(frame_offsets=(0, 1))
-    cfg = DepthDataConfig(layout="cityscapes", root=str(world), size=(32, 32))
+    cfg = DepthDataConfig(layout="cityscapes", root=str(world), size=(64, 64))
     with pytest.raises(ConfigError, match="video"):
         SelfSupervisedDepthDataset(cfg, stereo=False, mono=True)
     _write_video(tmp_path / "seq", frames=3, intrinsics={"fx": 30, "fy": 30, "cx": 31.5, "cy": 15.5})
-    video = DepthDataConfig(layout="video", root=str(tmp_path), size=(64, 32))
+    video = DepthDataConfig(layout="video", root=str(tmp_path), size=(64, 64))
     with pytest.raises(DataError, match="right/"):
         SelfSupervisedDepthDataset(video, stereo=True, mono=True)
 

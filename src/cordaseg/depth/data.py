@@ -57,7 +57,7 @@ class DepthDataConfig:
     split: str = "train"
     """Cityscapes split folder (ignored for video)."""
     size: tuple[int, int] = (512, 256)
-    """Training size (W, H); both must be multiples of 32."""
+    """Training size (W, H); multiples of 32, at least 64."""
     frame_offsets: tuple[int, ...] = (-1, 1)
     """Source frames of the monocular mode, relative to the target frame."""
     flip: float = 0.5
@@ -66,8 +66,8 @@ class DepthDataConfig:
     """Cityscapes only: text file of frame IDs to use (default: every frame found)."""
 
     def __post_init__(self) -> None:
-        if self.size[0] % 32 or self.size[1] % 32 or min(self.size) < 32:
-            raise ConfigError(f"data.size: {self.size} must be multiples of 32 (W, H)")
+        if self.size[0] % 32 or self.size[1] % 32 or min(self.size) < 64:
+            raise ConfigError(f"data.size: {self.size} must be multiples of 32 and at least 64 (W, H)")
         if 0 in self.frame_offsets or len(set(self.frame_offsets)) != len(self.frame_offsets):
             raise ConfigError(f"data.frame_offsets: {self.frame_offsets} must be distinct and non-zero")
         if not 0.0 <= self.flip <= 1.0:

@@ -112,7 +112,8 @@ def _conv_elu(in_ch: int, out_ch: int) -> nn.Sequential:
 class DisparityDecoder(nn.Module):
     """U-Net decoder: ``forward(features)`` -> sigmoid disparities, finest scale first.
 
-    Output ``s`` has shape (B, 1, H / 2**s, W / 2**s) for an input of H x W divisible by 32.
+    Output ``s`` has shape (B, 1, H / 2**s, W / 2**s) for an input of H x W divisible by 32 and at
+    least 64 (the reflection padding of the stride-32 stage needs two pixels).
     """
 
     def __init__(self, encoder_channels: tuple[int, ...], width: int = 16, num_scales: int = 4):
@@ -157,7 +158,8 @@ class DepthNetwork(nn.Module):
     def predict_depth(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) depth of the finest scale (H, W need not be multiples of 32)."""
         h, w = images.shape[-2:]
-        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        # Multiples of 32, and at least 64: the coarsest features need 2 pixels for reflection padding.
+        ph, pw = max(64, -(-h // 32) * 32), max(64, -(-w // 32) * 32)
         if (ph, pw) != (h, w):
             images = F.interpolate(images, size=(ph, pw), mode="bilinear", align_corners=False)
         sigma = self.forward(images)[0]

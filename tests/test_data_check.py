@@ -7,7 +7,7 @@ import pytest
 from cordaseg.cli import main
 from cordaseg.data import formats
 from cordaseg.data.check import check_tree, quick_check
-from cordaseg.data.datasets import DatasetConfig, find_samples
+from cordaseg.data.datasets import DatasetConfig, build_dataset, find_samples
 from cordaseg.data.synth import generate_tree
 from cordaseg.errors import DataError
 
@@ -86,6 +86,11 @@ def test_sizes_that_do_not_pair(tmp_path):
     report, problems = _problems(root)
     assert problems == [("size", "00001.png")]
     assert "image 48x24" in report.problems[0].message and "depth 40x20" in report.problems[0].message
+    # The fixed 1280x720 training resize makes the mismatch harmless: training may start.
+    cfg = DatasetConfig(format="gta5", root=str(root), crop=(64, 64))
+    assert quick_check(cfg) == 3
+    item = build_dataset(cfg, train=True)[0]
+    assert item["depth"].shape == (64, 64) and (item["depth"] > 1.0).all()
 
 
 def test_wrong_bit_depth(tmp_path):

@@ -80,8 +80,10 @@ def sample_geometry(
 
 def _to_pil(array: np.ndarray) -> Image.Image:
     """(H, W) uint8 -> "L", (H, W) float32 -> "F", (H, W, 3) uint8 -> "RGB" (any channel order)."""
-    if array.dtype not in (np.uint8, np.float32):
-        raise ValueError(f"cannot resample arrays of {array.dtype}")
+    supported = (array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2:] == (3,))) or (
+        array.dtype == np.float32 and array.ndim == 2)
+    if not supported:
+        raise ValueError(f"cannot resample arrays of {array.dtype} with shape {array.shape}")
     return Image.fromarray(np.ascontiguousarray(array))
 
 

@@ -168,7 +168,7 @@ def adaptation_step(
     ``draws`` replaces the generator's draws (for tests that replay them).
     """
     source_image = _require(batch, "source_image")
-    source_label = _require(batch, "source_label")
+    source_label = _require(batch, "source_label").long()
     crop = tuple(source_image.shape[-2:])
     b = source_image.shape[0]
     source_depth = batch.get("source_depth") if cfg.uses_depth else None

@@ -7,9 +7,9 @@ everything a real synthetic-to-real gap differs in:
   strong sun with hard shadows, a clear blue sky, a wide field of view from a high camera, many
   cars and buildings, few people and trees;
 - **target** ("real-looking", written as a Cityscapes tree): other materials (textured asphalt,
-  paving tiles, dull paint, dark foliage), overcast or dusk light without hard shadows, fog that
-  grows with distance, sensor noise, blur, vignetting, a colour cast, a lower camera with more
-  pitch and a narrower field of view, more people, riders and vegetation.
+  paving tiles, dull paint, dark foliage), overcast light (or, in 30% of frames, dusk) without
+  hard shadows, fog that grows with distance, sensor noise, blur, vignetting, a colour cast, a
+  lower camera with more pitch and a narrower field of view, more people, riders and vegetation.
 
 ``shift`` in [0, 1] (values above 1 exaggerate) interpolates every numeric parameter from the
 source's (0: no gap at all) to the target's (1: the full gap), so the strength of the shift is
@@ -68,6 +68,7 @@ class Appearance:
     blur_px: float = 0.0  # Gaussian blur sigma at 256 px width (scaled with the width)
     noise: float = 0.0  # sensor noise sigma, in [0, 1] intensity units
     exposure_jitter: float = 0.05  # per-frame brightness jitter
+    dusk: float = 0.0  # probability that a frame is lit at dusk instead (see DUSK)
 
 
 @dataclass
@@ -128,7 +129,7 @@ TARGET = Domain(
         saturation=0.75, sun_elevation_deg=15.0, ambient=0.72, diffuse=0.25, shadow=0.0,
         sky_top=(0.72, 0.74, 0.78), sky_horizon=(0.86, 0.86, 0.86), clouds=0.08,
         fog_density=0.01, fog_colour=(0.78, 0.78, 0.80), tiles=0.25, lane_paint=0.7,
-        contrast=0.9, colour_gain=(1.06, 0.98, 0.86), vignetting=0.35, blur_px=0.7, noise=0.02,
+        contrast=0.9, colour_gain=(1.06, 0.98, 0.86), vignetting=0.35, blur_px=0.7, noise=0.02, dusk=0.3,
     ),
 )
 
@@ -284,12 +285,19 @@ def sample_camera(domain: Domain, width: int, height: int, scene: Scene, rng: np
     return Camera.from_fov(width, height, cam.hfov_deg, (scene.camera_x, h, 0.0), pitch)
 
 
+# What dusk changes in a frame's appearance: a low warm sun, an orange horizon, less light.
+DUSK = {"sun_elevation_deg": 6.0, "ambient": 0.45, "diffuse": 0.45, "sky_top": (0.35, 0.38, 0.55),
+        "sky_horizon": (0.95, 0.62, 0.38), "fog_colour": (0.70, 0.55, 0.45), "colour_gain": (1.15, 0.93, 0.72)}
+
+
 def render_frame(domain: Domain, size: tuple[int, int], rng: np.random.Generator, stereo: bool = False) -> Frame:
     """Draw a street and render it in ``domain``'s look at ``size`` = (W, H); ``stereo`` adds the right view."""
     width, height = size
     scene = sample_scene(domain.scene, rng)
     camera = sample_camera(domain, width, height, scene, rng)
     look = domain.appearance
+    if rng.random() < look.dusk:
+        look = dataclasses.replace(look, **DUSK)
     azimuth = rng.uniform(0.0, 2.0 * np.pi)
     elevation = np.radians(look.sun_elevation_deg + rng.uniform(-8.0, 8.0))
     sun = np.array([np.cos(elevation) * np.cos(azimuth), np.sin(elevation), np.cos(elevation) * np.sin(azimuth)])

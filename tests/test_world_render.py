@@ -147,9 +147,17 @@ def test_frames_are_reproducible_and_the_domains_differ():
         rgb = np.concatenate([f.rgb.reshape(-1, 3) for f in frames]).astype(np.float64)
         return float(np.mean(rgb.max(1) - rgb.min(1)))
 
+    def sky_blueness(frames):
+        sky = np.concatenate([f.rgb[f.label_ids == SKY] for f in frames]).astype(np.float64)
+        return float(np.mean(sky[:, 2] - sky[:, 0]))
+
     source = [render_frame(SOURCE, (96, 48), np.random.default_rng(i)) for i in range(4)]
+    half = [render_frame(target_domain(0.5), (96, 48), np.random.default_rng(i)) for i in range(4)]
     target = [render_frame(target_domain(1.0), (96, 48), np.random.default_rng(i), stereo=True) for i in range(4)]
-    assert saturation(target) < 0.6 * saturation(source)
+    # Washed-out colours, more so with a stronger shift; a grey or dusk sky instead of a blue one.
+    assert saturation(target) < saturation(half) < saturation(source)
+    assert saturation(target) < 0.8 * saturation(source)
+    assert sky_blueness(source) > 30 and sky_blueness(target) < 0
     # Another camera: a narrower field of view, another height and pitch.
     assert target[0].camera.fx > 1.2 * source[0].camera.fx
     assert target[0].right_rgb.shape == target[0].rgb.shape

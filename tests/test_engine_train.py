@@ -99,11 +99,16 @@ def test_corda_runs_20_iterations_end_to_end(trees, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("method", "arch"), [("source_only", "deeplab"), ("dacs", "deeplab"), ("corda", "multitask")]
+    ("method", "arch", "numerics"),
+    [
+        ("source_only", "deeplab", []),
+        ("dacs", "deeplab", []),
+        ("corda", "multitask", ["run.precision=bf16", "run.channels_last=true", "eval.every=2"]),
+    ],
 )
-def test_baselines_and_ablations_are_configuration(trees, tmp_path, method, arch):
+def test_baselines_and_ablations_are_configuration(trees, tmp_path, method, arch, numerics):
     extra = [f"adaptation.method={method}", f"model.arch={arch}", "optim.iterations=2", "eval.every=0",
-             "logging.image_every=1", "checkpoint.init=null"]
+             "logging.image_every=1", "checkpoint.init=null", *numerics]
     if method == "source_only":
         extra.append("target=null")
     cfg = tiny_config(trees, tmp_path / "run", *extra)
@@ -277,3 +282,19 @@ def test_checkpoint_of_another_variant_is_named(capsys, trees, tmp_path, no_mode
     atomic_save(payload, tmp_path / "run" / ckpt.checkpoint_name(4))
     err = cli_error(capsys, trees, tmp_path, resume=True)
     assert "model.arch" in err and "deeplab" in err and "checkpoint_00000004.pt" in err
+
+
+def test_init_weights_come_from_the_given_file(trees, tmp_path):
+    cfg = tiny_config(trees, tmp_path / "run", "optim.iterations=1", "optim.lr=1.0e-30", "eval.every=0",
+                      "adaptation.method=dacs", "model.arch=deeplab")
+    torch.manual_seed(123)  # different weights from the trainer's own seeded initialisation
+    net = build_model(cfg.model)
+    atomic_save(model_payload(net, cfg.model), tmp_path / "init.pt")
+    cfg.checkpoint.init = str(tmp_path / "init.pt")
+    result = train(cfg)
+    # An lr of 1e-30 leaves the weights where they started: the init file's, not the seeded ones.
+    own_init = initial_student(cfg)
+    trained = result.student.state_dict()
+    for name, value in net.named_parameters():
+        torch.testing.assert_close(trained[name], value.detach(), rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(trained["semantic_head.branches.0.weight"], own_init["semantic_head.branches.0.weight"])

@@ -83,8 +83,6 @@ class RunConfig:
     """DataLoader worker processes per dataset and per process (0: load in the main process)."""
     auto_resume: bool = True
     """Resume from the newest checkpoint in out_dir when there is one (otherwise that is an error)."""
-    compile: bool = False
-    """torch.compile the student (GPU speed-up; first iterations are slow while it compiles)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:

@@ -26,7 +26,10 @@ METRICS_FILE = "metrics.jsonl"
 class RunLogger:
     """Appends records to ``<run_dir>/metrics.jsonl`` and mirrors scalars/images to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 resume_from: int | None = None) -> None:
+        """``resume_from``: the iteration of the checkpoint a run resumes from; records and
+        TensorBoard events written after it (by the interrupted run) are dropped."""
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._writer = None
@@ -34,12 +37,15 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            truncate_metrics(self.run_dir, resume_from)
         # Append: a resumed run continues the same file (records carry their iteration).
         self._metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge = None if resume_from is None else resume_from + 1
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, iteration: int, kind: str, values: dict[str, Any]) -> None:
         """One ``metrics.jsonl`` record ``{"iteration", "kind", "time", **values}``; numbers go

@@ -41,7 +41,7 @@ from cordaseg.data.loader import make_loader
 from cordaseg.engine import checkpoint as ckpt
 from cordaseg.engine import distributed
 from cordaseg.engine.config import TrainConfig, validate
-from cordaseg.engine.logging import RunLogger, image_panels, progress_bar, truncate_metrics
+from cordaseg.engine.logging import RunLogger, image_panels, progress_bar
 from cordaseg.errors import CheckpointError, CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.models.checkpoint import (
@@ -228,8 +228,6 @@ class _Run:
         if plan.resume is not None:
             data_state = self._restore(plan.resume)
         self.model = distributed.wrap_student(student, ctx)
-        if cfg.run.compile:
-            self.model = torch.compile(self.model)
 
         self.source = build_dataset(cfg.source, train=True, seed=cfg.run.seed)
         self.target = build_dataset(cfg.target, train=True, seed=cfg.run.seed + 1) if self.teacher else None
@@ -241,7 +239,9 @@ class _Run:
         if self.target is not None:
             self.target_stream = BatchStream(self.target, bs, workers, derive_seed(cfg.run.seed, _TARGET_STREAM),
                                              ctx, **data_state["target"], what="target")
-        self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.logging.tensorboard)
+        # A resumed run first drops what the interrupted one logged after its last checkpoint.
+        self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.logging.tensorboard,
+                                resume_from=self.iteration if plan.resume is not None else None)
         self.last_checkpoint: Path | None = plan.resume_path
 
     # ------------------------------------------------------------------ setup helpers
@@ -345,7 +345,6 @@ class _Run:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            truncate_metrics(self.run_dir, self.iteration)
         bar = progress_bar(total, self.iteration, ctx.is_main and cfg.logging.progress)
         nonfinite = torch.zeros((), dtype=torch.bool, device=ctx.device)
         checked_at, window_start, window_time = self.iteration, self.iteration, time.perf_counter()

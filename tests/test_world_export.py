@@ -139,3 +139,19 @@ def test_the_real_loaders_read_the_world(world):
     assert len(city) == 2 and depth.shape == (SIZE[1], SIZE[0])
     # Invalid stereo pixels decode to exactly 1.0, valid ones to 655.36 / (d + 0.01) > 1.
     assert (depth == 1.0).any() and (depth > 2.0).float().mean() > 0.3
+
+
+def test_world_config_is_a_checked_config_section(tmp_path):
+    from cordaseg.config import ConfigError, from_dict, to_dict
+    from cordaseg.data.world import WorldConfig, generate_world_from_config
+
+    cfg = from_dict(WorldConfig, {"num_source": 1, "num_target_train": 1, "num_target_val": 1,
+                                  "size": [64, 32], "seed": 3})
+    assert cfg.size == (64, 32) and to_dict(cfg)["size"] == [64, 32]
+    with pytest.raises(ConfigError, match="num_frames"):
+        from_dict(WorldConfig, {"num_frames": 3})
+    with pytest.raises(ConfigError, match="shift"):
+        from_dict(WorldConfig, {"shift": -0.1})
+    source, _ = generate_world_from_config(tmp_path, cfg, progress=False, workers=0)
+    assert json.loads((tmp_path / MANIFEST).read_text())["seed"] == 3
+    assert formats.gta5_paths(source, "00001").image.is_file()

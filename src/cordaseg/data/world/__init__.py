@@ -2,11 +2,12 @@
 rendered by vectorised ray casting and written as GTA5 (source) and Cityscapes (target) trees."""
 
 from cordaseg.data.world.domains import SOURCE, TARGET, Domain, Frame, render_frame, target_domain
-from cordaseg.data.world.export import generate_world, stereo_depth
+from cordaseg.data.world.export import WorldConfig, generate_world, generate_world_from_config, stereo_depth
 from cordaseg.data.world.render import Camera, GBuffer, cast_rays
 from cordaseg.data.world.scene import Scene, SceneParams, sample_scene
 
 __all__ = [
-    "SOURCE", "TARGET", "Camera", "Domain", "Frame", "GBuffer", "Scene", "SceneParams", "cast_rays",
-    "generate_world", "render_frame", "sample_scene", "stereo_depth", "target_domain",
+    "SOURCE", "TARGET", "Camera", "Domain", "Frame", "GBuffer", "Scene", "SceneParams", "WorldConfig",
+    "cast_rays", "generate_world", "generate_world_from_config", "render_frame", "sample_scene",
+    "stereo_depth", "target_domain",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,40 @@ STEREO_NOISE_PX_AT_2048 = 0.3
 STEREO_MIN_DISPARITY_PX_AT_2048 = 1.0
 # Seed streams of the three frame sets: each frame's generator is seeded (seed, stream, index).
 STREAMS = {"source": 0, "train": 1, "val": 2}
+
+
+@dataclass
+class WorldConfig:
+    """Which synthetic world to render (the ``world`` section of a demo or benchmark config)."""
+
+    num_source: int = 500
+    """Source frames, written as a GTA5 tree."""
+    num_target_train: int = 500
+    """Target train frames (stereo pairs with stereo depth and labels), a Cityscapes train split."""
+    num_target_val: int = 100
+    """Target val frames with labels, the Cityscapes val split the methods are scored on."""
+    size: tuple[int, int] = (256, 128)
+    """Frame size (W, H) in pixels."""
+    shift: float = 1.0
+    """Strength of the domain gap: 0 none (the target looks like the source), 1 the full gap."""
+    seed: int = 0
+    """Seed of the layouts; each frame set has its own seed stream."""
+
+    def __post_init__(self) -> None:
+        for key in ("num_source", "num_target_train", "num_target_val"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: {getattr(self, key)} must be >= 0")
+        if min(self.size) < 16:
+            raise ValueError(f"size: {tuple(self.size)} must be at least 16x16 (W, H)")
+        if not np.isfinite(self.shift) or self.shift < 0:
+            raise ValueError(f"shift: {self.shift} must be a finite number >= 0")
+
+
+def generate_world_from_config(out_dir: str | Path, cfg: WorldConfig, progress: bool = True,
+                               workers: int | None = None) -> tuple[Path, Path]:
+    """:func:`generate_world` with the fields of ``cfg``."""
+    return generate_world(out_dir, cfg.num_source, cfg.num_target_train, cfg.num_target_val, size=cfg.size,
+                          shift=cfg.shift, seed=cfg.seed, progress=progress, workers=workers)
 
 
 def inverse_depth(depth_m: np.ndarray) -> np.ndarray:

@@ -62,6 +62,8 @@ def test_target_is_a_cityscapes_tree_with_stereo_pairs(world):
     camera = formats.read_camera_json(formats.cityscapes_camera_path(target, "train", city, frame_id))
     assert camera["fx"] == pytest.approx(frame.camera.fx)
     assert camera["baseline"] == pytest.approx(0.22)
+    pose = json.loads(formats.cityscapes_camera_path(target, "train", city, frame_id).read_text())["extrinsic"]
+    assert pose["pitch"] == pytest.approx(frame.camera.pitch) and pose["z"] == pytest.approx(frame.camera.position[1])
     # Val has images and labels but, like Cityscapes, no training depth.
     val = formats.cityscapes_paths(target, "val", "synthvale", "synthvale_000001_000019", depth="stereo")
     assert val.image.is_file() and val.label.is_file() and not val.depth.exists()
@@ -102,9 +104,11 @@ def test_bad_arguments_name_the_value(tmp_path):
 
 def test_world_command_writes_both_trees(tmp_path, capsys):
     status = main(["world", "--out", str(tmp_path), "--source", "1", "--train", "1", "--val", "1",
-                   "--size", "64x32", "--quiet", "--workers", "0"])
+                   "--size", "64x32", "--quiet", "--workers", "0", "--preview", str(tmp_path / "p.png")])
     assert status == 0
     assert "Cityscapes format" in capsys.readouterr().out
+    # 4 rows of frames; columns: source image and labels, target image and labels, stereo depth.
+    assert formats.read_image_rgb(tmp_path / "p.png").shape == (4 * 32, 5 * 64, 3)
     assert formats.gta5_paths(tmp_path / "source", "00001").depth.is_file()
     assert (tmp_path / "target" / "depth" / "train" / "synthtown").is_dir()
     assert main(["world", "--out", str(tmp_path), "--source", "-2", "--quiet"]) == 2

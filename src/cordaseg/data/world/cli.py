@@ -34,12 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shift", type=float, default=1.0, help="strength of the domain gap: 0 none, 1 full (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the layouts (default 0)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")
+    p.add_argument("--preview", default=None, metavar="PNG",
+                   help="also write a grid of 4 source and target frames (image, labels, stereo depth) here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_world)
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from cordaseg.data.world.export import generate_world
+    from cordaseg.data.world.export import generate_world, preview
 
     if args.workers is not None and args.workers < 0:
         raise CordasegError(f"--workers must be >= 0, got {args.workers}")
@@ -49,4 +51,6 @@ def run_world(args: argparse.Namespace) -> int:
     )
     print(f"source (GTA5 format): {source}")
     print(f"target (Cityscapes format): {target}")
+    if args.preview:
+        print(f"preview: {preview(args.preview, size=args.size, shift=args.shift, seed=args.seed)}")
     return 0

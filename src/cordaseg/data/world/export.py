@@ -142,8 +142,12 @@ def _write_target(root: Path, split: str, index: int, frame: Frame, rng: np.rand
     formats.write_gray_label_png(paths.label, frame.label_ids)
     formats.write_rgb_png(formats.cityscapes_right_image_path(root, split, city, frame_id), frame.right_rgb)
     cam = frame.camera
-    formats.write_camera_json(formats.cityscapes_camera_path(root, split, city, frame_id),
-                              baseline=cam.baseline, fx=cam.fx, fy=cam.fy, u0=cam.cx, v0=cam.cy)
+    camera_path = formats.cityscapes_camera_path(root, split, city, frame_id)
+    formats.write_camera_json(camera_path, baseline=cam.baseline, fx=cam.fx, fy=cam.fy, u0=cam.cx, v0=cam.cy)
+    # Record this frame's own pose too: Cityscapes' extrinsic pitch (radians) and height above the road.
+    camera_json = json.loads(camera_path.read_text())
+    camera_json["extrinsic"].update(pitch=float(cam.pitch), x=0.0, y=0.0, z=float(cam.position[1]))
+    camera_path.write_text(json.dumps(camera_json, indent=2))
     if split == "train":
         formats.write_stereo_depth_mat(paths.depth, stereo_depth(frame.depth, frame.right_depth, cam, rng))
 
@@ -162,6 +166,32 @@ def _make_frame(job: tuple) -> None:
 def _spec(num_source, num_target_train, num_target_val, size, shift, seed) -> dict:
     return {"version": WORLD_VERSION, "num_source": num_source, "num_target_train": num_target_train,
             "num_target_val": num_target_val, "size": list(size), "shift": float(shift), "seed": seed}
+
+
+def preview(path: str | Path, frames: int = 4, size: tuple[int, int] = (256, 128), shift: float = 1.0,
+            seed: int = 0) -> Path:
+    """Write a PNG grid of the first ``frames`` source and target train frames of a world.
+
+    Columns: source image, source labels, target image, target labels, target stereo depth
+    (brighter is nearer, black is invalid).
+    """
+    from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, colorize
+
+    rows = []
+    for index in range(frames):
+        src = render_frame(SOURCE, size, _frame_rng(seed, "source", index))
+        rng = _frame_rng(seed, "train", index)
+        tgt = render_frame(target_domain(shift), size, rng, stereo=True)
+        depth = stereo_depth(tgt.depth, tgt.right_depth, tgt.camera, rng)
+        shade = np.where(depth > 0, 255.0 * np.clip(5.0 / np.maximum(depth, 1e-3), 0.0, 1.0) ** 0.5, 0.0)
+        rows.append(np.concatenate([
+            src.rgb, colorize(CITYSCAPES_ID_TO_TRAIN[src.label_ids]),
+            tgt.rgb, colorize(CITYSCAPES_ID_TO_TRAIN[tgt.label_ids]),
+            np.repeat(shade.astype(np.uint8)[..., None], 3, axis=-1),
+        ], axis=1))
+    path = Path(path)
+    formats.write_rgb_png(path, np.concatenate(rows, axis=0))
+    return path
 
 
 def generate_world(out_dir: str | Path, num_source: int, num_target_train: int, num_target_val: int,

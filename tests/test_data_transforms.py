@@ -20,7 +20,7 @@ def _full_then_crop(array, geometry, resample, fill):
     return out[:, ::-1] if geometry.flip else out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     source=st.tuples(st.integers(5, 90), st.integers(5, 90)),
     target=st.tuples(st.integers(5, 120), st.integers(5, 120)),
@@ -39,7 +39,9 @@ def test_geometry_matches_full_resize_then_crop(source, target, crop, flip, seed
     np.testing.assert_allclose(
         transforms.apply_geometry(depth, geometry, "bilinear", 1.0),
         _full_then_crop(depth, geometry, "bilinear", 1.0), rtol=1e-4)
-    image = rng.integers(0, 256, (*source[::-1], 3), dtype=np.uint8)
+    # 8-bit bicubic: mid-range values, so the filter's overshoot is never clipped between PIL's
+    # two fixed-point passes (on clipped noise even PIL's own box-resize drifts by a few levels).
+    image = rng.integers(60, 190, (*source[::-1], 3), dtype=np.uint8)
     got = transforms.apply_geometry(image, geometry, "bicubic", 0).astype(int)
     assert np.abs(got - _full_then_crop(image, geometry, "bicubic", 0)).max() <= 1
 

@@ -68,9 +68,8 @@ def _known_ids(cfg: DatasetConfig) -> np.ndarray:
 
 
 def _unknown_values(ids: np.ndarray, known: np.ndarray) -> list[int]:
-    counts = np.bincount(ids.ravel(), minlength=int(known.max()) + 1)
-    present = np.flatnonzero(counts)
-    return [int(v) for v in present if v not in set(known.tolist())]
+    present = np.flatnonzero(np.bincount(ids.ravel()))  # values in the image, one pass
+    return [int(v) for v in np.setdiff1d(present, known)]
 
 
 def _check_image(path: Path) -> tuple[list[Problem], tuple[int, int] | None]:

@@ -190,7 +190,8 @@ def test_color_jiggle_matches_kornia_colorjiggle_image_by_image():
             hue_factor=draws.hue[b : b + 1],
             order=draws.jitter_order[b],
         )
-        torch.testing.assert_close(ours[b : b + 1], module(image[b : b + 1], params=params))
+        # bit for bit: clamped flat regions make downstream max-pool routing sensitive to the last ulp
+        assert torch.equal(ours[b : b + 1], module(image[b : b + 1], params=params))
     assert len({tuple(row) for row in draws.jitter_order.tolist()}) > 1  # per-image orders were exercised
 
 

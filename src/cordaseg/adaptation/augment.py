@@ -10,11 +10,11 @@ every parameter from :class:`~cordaseg.adaptation.draws.StepDraws` instead, one 
 as in the reference (which augmented image by image).
 
 Vectorising a per-image order: at each of the four positions of the order, every image takes
-one step. The batch goes once through a fused multiply-add (brightness or contrast) and once
-through an HSV round trip (saturation or hue), each image with neutral factors for the steps it
-does not take, and each image keeps the branch its order asks for. Saturation is scaled in HSV,
-as kornia's ``adjust_saturation`` does for half precision; in float32 kornia uses an equivalent
-direct formula, which agrees to float32 rounding. The Gaussian blur uses
+one step. The batch goes through a fused multiply-add (brightness or contrast, with neutral
+factors for the images that take the other one), kornia's saturation step and kornia's hue step,
+and each image keeps the result its order asks for. The outputs equal kornia's ``ColorJiggle``
+run image by image bit for bit; that matters because the clamps create flat regions whose exact
+ties decide the max-pool gradient routing of the network downstream. The Gaussian blur uses
 per-image kernels in one separable convolution.
 """
 
@@ -23,8 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
-from kornia.color import hsv_to_rgb, rgb_to_hsv
-from kornia.enhance import adjust_hue_raw, adjust_saturation_raw
+from kornia.enhance import adjust_hue, adjust_saturation
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 
 from cordaseg.adaptation.config import AugmentationConfig
@@ -52,21 +51,19 @@ def color_jiggle(image01: torch.Tensor, draws: StepDraws) -> torch.Tensor:
     image = image01.clamp(0.0, 1.0)
     brightness_shift = _per_image(draws.brightness, image) - 1.0  # (B, 1, 1, 1)
     contrast = _per_image(draws.contrast, image)
-    saturation = _per_image(draws.saturation, image)
-    hue_radians = _per_image(draws.hue, image) * (2 * math.pi)
+    saturation = draws.saturation.to(device=image.device, dtype=image.dtype)  # (B,)
+    hue_radians = draws.hue.to(device=image.device, dtype=image.dtype) * (2 * math.pi)
     order = draws.jitter_order.to(image.device)
     for position in range(4):
         step = order[:, position].view(-1, 1, 1, 1)  # (B, 1, 1, 1): the step each image takes here
-        # Each image gets a neutral factor for the steps it does not take here, which leaves its
-        # values exactly unchanged: brightness and contrast share one multiply-add, saturation and
-        # hue one HSV round trip (a hue shift of 0 and a saturation scale of 1 are exact no-ops).
+        # Brightness and contrast share one multiply-add: an image doing brightness multiplies by
+        # exactly 1, one doing contrast adds exactly 0, so each gets kornia's result bit for bit.
         scale = torch.where(step == CONTRAST, contrast, torch.ones_like(contrast))
         shift = torch.where(step == BRIGHTNESS, brightness_shift, torch.zeros_like(brightness_shift))
         linear = (image * scale + shift).clamp(0.0, 1.0)
-        hsv = rgb_to_hsv(image)
-        hsv = adjust_hue_raw(hsv, torch.where(step == HUE, hue_radians, torch.zeros_like(hue_radians)))
-        hsv = adjust_saturation_raw(hsv, torch.where(step == SATURATION, saturation, torch.ones_like(saturation)))
-        image = torch.where(step <= CONTRAST, linear, hsv_to_rgb(hsv))
+        saturated = adjust_saturation(image, saturation)
+        hue_shifted = adjust_hue(image, hue_radians)
+        image = torch.where(step <= CONTRAST, linear, torch.where(step == SATURATION, saturated, hue_shifted))
     return image.clamp(0.0, 1.0)
 
 

@@ -48,6 +48,17 @@ def test_missing_label_partner(tmp_path):
     assert report.counts["labels"] == 2 and "1 missing" in report.summary()
 
 
+@pytest.mark.parametrize("fmt", ["synthia", "cityscapes"])
+def test_partner_files_without_an_image(tmp_path, fmt):
+    root = _tree(tmp_path, fmt)
+    record = find_samples(DatasetConfig(format=fmt, root=str(root)))[1]
+    record.image.unlink()
+    report, problems = _problems(root, fmt)
+    assert sorted(problems) == sorted([("missing", record.label.name), ("missing", record.depth.name)])
+    assert {p.message for p in report.problems} == {"label file without an image", "depth file without an image"}
+    assert report.counts["frames"] == 2
+
+
 def test_missing_depth_partner_and_sgm_disparity_hint(tmp_path):
     root = _tree(tmp_path, "cityscapes")
     record = find_samples(DatasetConfig(format="cityscapes", root=str(root)))[0]

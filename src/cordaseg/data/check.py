@@ -177,6 +177,30 @@ def check_record(cfg: DatasetConfig, record: SampleRecord, decode: bool = True) 
     return problems
 
 
+def _partner_files(cfg: DatasetConfig, records: list[SampleRecord], what: str) -> list[Path]:
+    """All label or depth files of the kind ``records`` use, found by glob next to the expected ones."""
+    expected = [getattr(r, what) for r in records if getattr(r, what) is not None]
+    if not expected:
+        return []
+    if cfg.format == "cityscapes":  # {kind root}/{split}/{city}/{frame_id}{suffix}
+        suffix = expected[0].name.removeprefix(records[0].name)
+        split_dir = expected[0].parent.parent
+        return sorted(split_dir.glob(f"*/*{suffix}")) if split_dir.is_dir() else []
+    folder = expected[0].parent
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+
+def find_orphans(cfg: DatasetConfig, records: list[SampleRecord]) -> list[Problem]:
+    """Label and depth files whose image is missing (a partner missing the other way round)."""
+    problems = []
+    for what in ("label", "depth"):
+        expected = {getattr(r, what) for r in records}
+        for path in _partner_files(cfg, records, what):
+            if path not in expected:
+                problems.append(Problem(path, "missing", f"{what} file without an image"))
+    return problems
+
+
 def check_tree(cfg: DatasetConfig, workers: int = 4, progress: bool = True) -> CheckReport:
     """Decode every frame of ``cfg``'s tree and collect all problems (never raises DataError)."""
     report = CheckReport()
@@ -199,6 +223,8 @@ def check_tree(cfg: DatasetConfig, workers: int = 4, progress: bool = True) -> C
             report.counts["labels"] += record.label is not None and record.label not in missing
             report.counts["depth"] += record.depth is not None and record.depth not in missing
             report.problems.extend(problems)
+    if not cfg.list_file:
+        report.problems.extend(find_orphans(cfg, records))
     return report
 
 

@@ -185,6 +185,9 @@ def test_cli_synth_writes_a_tree_that_checks_clean(tmp_path, capsys):
                  "--no-progress"]) == 0
     with pytest.raises(SystemExit):
         main(["data", "synth", "--format", "gta5", "--out", str(out), "--size", "40by24"])
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--format", "gta5", "--out", str(out), "--num", "0"])
+    assert "positive integer" in capsys.readouterr().err
 
 
 def test_quick_check(tmp_path):

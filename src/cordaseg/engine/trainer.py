@@ -129,12 +129,21 @@ def effective_lr(cfg: TrainConfig, world_size: int) -> float:
     return cfg.optim.lr
 
 
-def _configure_numerics(cfg: TrainConfig, device: torch.device) -> None:
+@contextlib.contextmanager
+def _numerics(cfg: TrainConfig, device: torch.device):
+    """Deterministic kernels or cudnn.benchmark for the run; the process's settings come back after."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     if cfg.run.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.run.deterministic
     torch.backends.cudnn.deterministic = cfg.run.deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 def derive_seed(*parts: int) -> int:
@@ -199,7 +208,6 @@ class _Run:
         self.plan = plan
         self.run_dir = Path(cfg.run.out_dir)
         device = ctx.device
-        _configure_numerics(cfg, device)
 
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
         student = build_model(cfg.model)
@@ -412,6 +420,7 @@ def train(cfg: TrainConfig, resume: bool | str | Path | None = None) -> TrainRes
     plan = preflight(cfg, resume)
     ctx = distributed.init(cfg.run.device)
     try:
-        return _Run(cfg, ctx, plan).fit()
+        with _numerics(cfg, ctx.device):
+            return _Run(cfg, ctx, plan).fit()
     finally:
         distributed.shutdown()

@@ -36,6 +36,7 @@ from cordaseg.adaptation import adaptation_step
 from cordaseg.adaptation.ema import ema_update
 from cordaseg.adaptation.schedules import poly_lr
 from cordaseg.config import ConfigError, to_dict
+from cordaseg.data.check import quick_check
 from cordaseg.data.datasets import build_dataset
 from cordaseg.data.loader import make_loader
 from cordaseg.engine import checkpoint as ckpt
@@ -95,8 +96,15 @@ class StartPlan:
 
 
 def preflight(cfg: TrainConfig, resume: bool | str | Path | None) -> StartPlan:
-    """Validate the config and find the starting point, before any model is built or data read."""
+    """Validate the config, check the data trees cheaply, and find the starting point, before any
+    model is built."""
     validate(cfg)
+    # A cheap version of `cordaseg data check`: partners exist, first and last frames decode.
+    quick_check(cfg.source)
+    if cfg.adaptation.uses_target:
+        quick_check(cfg.target)
+    if cfg.val is not None and cfg.eval.every:
+        quick_check(cfg.val)
     run_dir = Path(cfg.run.out_dir)
     latest = ckpt.latest_checkpoint(run_dir)
     if resume is True or (resume is None and cfg.run.auto_resume and latest is not None):

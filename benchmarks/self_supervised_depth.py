@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cordaseg.config import from_dict, load
 from cordaseg.data.world import generate_world, render_frame, stereo_depth, target_domain
@@ -95,9 +96,12 @@ def main() -> None:
     parser.add_argument("--eval-frames", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 avoids thread oversubscription on a shared machine)")
     parser.add_argument("--corda-seeds", type=int, default=0, help="CorDA runs per depth source (0: skip)")
     parser.add_argument("--corda-iterations", type=int, default=20)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     width, height = args.size
 
@@ -118,8 +122,6 @@ def main() -> None:
     checkpoint = train_depth(cfg, progress=False)
     train_s = time.perf_counter() - start
     net, cfg, _ = load_depth_checkpoint(checkpoint, args.device)
-    import torch
-
     iterations = torch.load(checkpoint, weights_only=True)["iteration"]
     print(f"stereo training: {iterations} iterations of batch {args.batch_size} in {train_s:.1f} s "
           f"(device {args.device}, encoder width {args.width})")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cordaseg.cli import main
-from cordaseg.config import ConfigError, from_dict
+from cordaseg.config import ConfigError, from_dict, load
 from cordaseg.data import formats
 from cordaseg.data.datasets import read_depth
 from cordaseg.data.world import generate_world
@@ -82,12 +83,27 @@ def test_step_loss_is_lowest_at_the_true_depth():
     assert losses[depth] < 0.2 * min(losses[depth / 2], losses[depth * 2])
 
 
+def test_initial_depth_sets_the_untrained_prediction():
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 64, 64)
+    far = DepthNetwork(DepthModelConfig(encoder_width=8, decoder_width=4, initial_depth=20.0)).eval()
+    zero_bias = DepthNetwork(DepthModelConfig(encoder_width=8, decoder_width=4, initial_depth=None)).eval()
+    with torch.no_grad():
+        assert far.predict_depth(images).median().item() == pytest.approx(20.0, rel=0.3)
+        assert zero_bias.predict_depth(images).median().item() == pytest.approx(2 / (1 / 0.1 + 1 / 100), rel=0.3)
+    with pytest.raises(ConfigError, match="initial_depth"):
+        DepthModelConfig(initial_depth=500.0)
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="video"):
         from_dict(DepthTrainConfig, {"mode": "mono", "data": {"layout": "cityscapes"}})
     with pytest.raises(ConfigError, match="unknown key 'loss.ssim'"):
         from_dict(DepthTrainConfig, {"loss": {"ssim": 1}})
     assert from_dict(DepthTrainConfig, {"mode": "mono+stereo", "data": {"layout": "video"}}).metric
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("depth_*.yaml")):
+        load(DepthTrainConfig, path)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ All networks take RGB images scaled to [0, 1]; they normalise internally.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,11 @@ class DepthModelConfig:
     """Depth (metres in stereo modes) that a sigmoid output of 1 means."""
     max_depth: float = 100.0
     """Depth that a sigmoid output of 0 means."""
+    initial_depth: float | None = 10.0
+    """Depth the untrained network predicts (the disparity heads' bias); None: bias 0, Monodepth2's
+    start at sigma 0.5, about 2 * min_depth. A mid-range start keeps the first disparities within a
+    few pixels, where the bilinear warp has useful gradients; from sigma 0.5 a small stereo run
+    stays stuck at the near limit (measured on the synthetic world, see benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         if self.encoder_width < 4 or self.decoder_width < 2:
@@ -57,6 +63,8 @@ class DepthModelConfig:
         if not 0 < self.min_depth < self.max_depth:
             raise ConfigError(f"min_depth {self.min_depth} and max_depth {self.max_depth} must satisfy "
                               "0 < min_depth < max_depth")
+        if self.initial_depth is not None and not self.min_depth < self.initial_depth < self.max_depth:
+            raise ConfigError(f"initial_depth: {self.initial_depth} must lie between min_depth and max_depth")
 
 
 def disparity_to_depth(sigma: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
@@ -116,7 +124,8 @@ class DisparityDecoder(nn.Module):
     least 64 (the reflection padding of the stride-32 stage needs two pixels).
     """
 
-    def __init__(self, encoder_channels: tuple[int, ...], width: int = 16, num_scales: int = 4):
+    def __init__(self, encoder_channels: tuple[int, ...], width: int = 16, num_scales: int = 4,
+                 initial_sigma: float = 0.5):
         super().__init__()
         self.num_scales = num_scales
         dec = [width * 2**i for i in range(5)]  # (16, 32, 64, 128, 256) for width 16
@@ -129,6 +138,8 @@ class DisparityDecoder(nn.Module):
             self.fuse.append(_conv_elu(dec[i] + skip, dec[i]))
         self.heads = nn.ModuleList(
             nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dec[s], 1, 3)) for s in range(num_scales))
+        for head in self.heads:
+            nn.init.constant_(head[1].bias, math.log(initial_sigma / (1.0 - initial_sigma)))  # logit
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         x = features[-1]
@@ -150,7 +161,10 @@ class DepthNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = DepthEncoder(cfg.encoder_depth, cfg.encoder_width)
-        self.decoder = DisparityDecoder(self.encoder.channels, cfg.decoder_width, cfg.num_scales)
+        initial_sigma = 0.5
+        if cfg.initial_depth is not None:
+            initial_sigma = float(depth_to_disparity(torch.tensor(cfg.initial_depth), cfg.min_depth, cfg.max_depth))
+        self.decoder = DisparityDecoder(self.encoder.channels, cfg.decoder_width, cfg.num_scales, initial_sigma)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.decoder(self.encoder(images))

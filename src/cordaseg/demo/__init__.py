@@ -1,0 +1,6 @@
+"""``cordaseg demo`` (issue 6, part 4): source-only, DACS, CorDA and a target oracle trained on the
+synthetic street world on a CPU within a time budget, scored on the target val split."""
+
+from cordaseg.demo.pipeline import METHODS, DemoConfig, DemoResult, MethodResult, run_demo
+
+__all__ = ["METHODS", "DemoConfig", "DemoResult", "MethodResult", "run_demo"]

@@ -1,0 +1,137 @@
+"""``cordaseg demo`` (issue 6, part 4): planning, the CorDA warm start, the config, the report,
+and one end-to-end run on a tiny world."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cordaseg.cli import main
+from cordaseg.config import ConfigError
+from cordaseg.demo.pipeline import (
+    METHODS,
+    DemoConfig,
+    adaptation_iterations_left,
+    corda_init_from_deeplab,
+    load_demo_config,
+    plan_iterations,
+)
+from cordaseg.engine.checkpoint import check_same_model
+from cordaseg.models.checkpoint import atomic_save, model_payload, read_file
+from cordaseg.models.corda import build_model
+
+SPEED = {"source_only": 0.1, "oracle": 0.1, "dacs": 0.3, "corda": 0.5}
+
+
+def test_plan_fills_the_time_with_equal_counts_per_pair():
+    plan = plan_iterations(1000.0, SPEED, share=0.6)
+    assert plan["source_only"] == plan["oracle"] == 2000  # 400 s / 0.2 s
+    assert plan["dacs"] == plan["corda"] == 750  # 600 s / 0.8 s
+    used = sum(plan[m] * SPEED[m] for m in METHODS)
+    assert 990.0 <= used <= 1000.0
+
+
+def test_plan_never_goes_below_the_minimum():
+    assert set(plan_iterations(-5.0, SPEED, share=0.5, minimum=3).values()) == {3}
+    assert adaptation_iterations_left(0.1, SPEED, minimum=4) == 4
+    assert adaptation_iterations_left(80.0, SPEED) == 100
+
+
+def test_partial_world_override_keeps_demo_defaults():
+    cfg = load_demo_config(None, ["world.num_source=7", "crop=[64,64]"])
+    assert cfg.world.num_source == 7
+    assert cfg.world.num_target_train == DemoConfig().world.num_target_train
+    assert tuple(cfg.crop) == (64, 64)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("widht=3", "widht"),
+    ("crop=[512,512]", "crop"),
+    ("adaptation_share=1.5", "adaptation_share"),
+    ("world.num_source=-1", "num_source"),
+])
+def test_bad_settings_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_demo_config(None, [override])
+
+
+def test_cli_rejects_a_non_positive_budget(capsys):
+    assert main(["demo", "--minutes", "0", "--out", "unused"]) == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_corda_warm_start_takes_backbone_and_initial_head(tmp_path):
+    cfg = DemoConfig(world=DemoConfig().world, backbone_width=8, head_width=16)
+    torch.manual_seed(1)
+    deeplab = build_model(cfg.model("deeplab"))
+    with torch.no_grad():
+        for p in deeplab.parameters():
+            p.add_(torch.rand_like(p))  # weights unlike any fresh initialisation
+    source = atomic_save(model_payload(deeplab, cfg.model("deeplab")), tmp_path / "deeplab.pt")
+    path = corda_init_from_deeplab(source, cfg.model("corda"), tmp_path / "corda.pt", seed=3)
+    payload = read_file(path)
+    check_same_model(payload, cfg.model("corda"), path)  # the trainer's init check accepts it
+    state = payload["model"]
+    for key, value in deeplab.state_dict().items():
+        new_key = key.replace("semantic_head.", "semantic_initial_head.", 1) if key.startswith("semantic_head.") \
+            else key
+        torch.testing.assert_close(state[new_key], value, rtol=0, atol=0)
+    torch.manual_seed(3)
+    fresh = build_model(cfg.model("corda")).state_dict()
+    torch.testing.assert_close(state["semantic_head.branches.0.weight"], fresh["semantic_head.branches.0.weight"])
+    torch.testing.assert_close(state["depth_head.branches.0.weight"], fresh["depth_head.branches.0.weight"])
+
+
+def test_corda_warm_start_rejects_another_backbone(tmp_path):
+    cfg = DemoConfig(backbone_width=8, head_width=16)
+    other = DemoConfig(backbone_width=16, head_width=16)
+    source = atomic_save(model_payload(build_model(other.model("deeplab")), other.model("deeplab")),
+                         tmp_path / "deeplab.pt")
+    with pytest.raises(Exception, match="does not fit"):
+        corda_init_from_deeplab(source, cfg.model("corda"), tmp_path / "corda.pt")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
+    out = tmp_path / "demo"
+    status = main([
+        "demo", "--out", str(out), "--minutes", "0.3",
+        "world.num_source=10", "world.num_target_train=8", "world.num_target_val=4", "world.size=[64,32]",
+        "world_workers=0", "crop=[32,32]", "backbone_width=8", "head_width=16", "probe_iterations=2",
+        "min_iterations=3", "grid_images=2",
+    ])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "stage 5/5" in printed and "plan:" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == list(METHODS)
+    for name, method in results["methods"].items():
+        assert method["iterations"] >= 3, name
+        assert 0.0 <= method["miou"] <= 100.0, name
+        assert method["seconds_per_iteration"] > 0, name
+        assert len(method["iou"]) == 19
+    assert results["config"]["world"]["num_target_val"] == 4
+    # DACS and CorDA share one planned count, as do source-only and the oracle.
+    m = results["methods"]
+    assert m["dacs"]["iterations"] == m["corda"]["iterations"]
+    assert m["source_only"]["iterations"] == m["oracle"]["iterations"]
+
+    report = (out / "report.md").read_text()
+    for title in ("source-only", "DACS", "CorDA", "target oracle", "Domain gap", "road", "bicycle"):
+        assert title in report
+    miou_line = next(line for line in report.splitlines() if line.startswith("| CorDA |"))
+    assert math.isclose(float(miou_line.split("|")[-2]), m["corda"]["miou"], abs_tol=0.051)
+
+    picture = np.asarray(Image.open(out / "report.png").convert("RGB"))
+    # The grid: 2 rows of 64x32 frames scaled to 96 px high, 7 tiles wide (image, labels, 4 methods, depth).
+    assert picture.shape[0] >= 2 * 96 and picture.shape[1] >= 7 * 192
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 20  # drawn, not blank
+
+    assert (out / "world" / "world.json").is_file()
+    assert (out / "runs" / "corda_init.pt").is_file()
+    assert not (out / "runs" / "probe").exists()

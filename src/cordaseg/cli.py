@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cordaseg.data.world.cli",
     "cordaseg.depth.cli",
     "cordaseg.data.cli",
+    "cordaseg.demo.cli",
 )
 
 

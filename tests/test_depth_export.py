@@ -133,3 +133,23 @@ def test_export_errors(world, tmp_path):
     torch.save(payload, wrong)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_depth_checkpoint(wrong)
+
+
+@pytest.mark.slow
+def test_self_supervised_target_tree_is_read_by_the_segmentation_loader(world, tmp_path):
+    from cordaseg.data.datasets import build_dataset
+    from cordaseg.depth.pipeline import self_supervised_target_depth
+
+    _, target = world
+    tree, checkpoint = self_supervised_target_depth(
+        target, tmp_path / "work",
+        config={"model": TINY_MODEL, "data": {"size": [64, 64]},
+                "optim": {"batch_size": 2, "iterations": 2}, "run": {"device": "cpu", "workers": 0}})
+    assert checkpoint.is_file() and (tree / "leftImg8bit").is_symlink() and not (tree / "depth").is_symlink()
+    cfg = DatasetConfig(format="cityscapes", root=str(tree), depth="stereo", use_labels=False,
+                        resize_scale=1.0, crop=(32, 32))
+    item = build_dataset(cfg, train=True)[0]
+    own = read_depth("stereo", formats.cityscapes_paths(target, "train", "synthtown", item["name"]).depth)
+    exported = read_depth("stereo", formats.cityscapes_paths(tree, "train", "synthtown", item["name"]).depth)
+    assert item["depth"].shape == (32, 32) and not np.array_equal(own, exported)
+    assert np.all(exported > formats.INVALID_DEPTH)  # every pixel has self-supervised depth

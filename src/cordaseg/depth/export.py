@@ -30,6 +30,7 @@ sky; the mono downloads of the paper do the same). ``max_valid_depth`` marks far
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,3 +187,19 @@ def export_depth(checkpoint: str | Path, data_root: str | Path, fmt: str, out_ro
     out = Path(out_root) if out_root is not None else Path(data_root)
     return ExportSummary(len(jobs), float(scale), metric, saturated / max(pixels, 1) if fmt != "stereo-mat" else 0.0,
                          out)
+
+
+def link_tree(data_root: str | Path, out_root: str | Path, replace: tuple[str, ...] = ("depth", "disparity")) -> Path:
+    """A view of the tree at ``data_root`` under ``out_root`` sharing every top-level folder by a
+    symbolic link except ``replace`` (the depth folders an export fills), so a dataset can be read
+    with exported depth in place of its own without copying images."""
+    data_root, out_root = Path(data_root).resolve(), Path(out_root)
+    if not data_root.is_dir():
+        raise DataError(f"{data_root}: data root not found")
+    out_root.mkdir(parents=True, exist_ok=True)
+    for child in data_root.iterdir():
+        link = out_root / child.name
+        if child.name in replace or link.exists() or link.is_symlink():
+            continue
+        os.symlink(child, link, target_is_directory=child.is_dir())
+    return out_root

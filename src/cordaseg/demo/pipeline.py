@@ -14,6 +14,11 @@ features in the GTA variant (spec section 2); the task branches, the distillatio
 heads start fresh, as they do in the paper. The pseudo-labels come from the initial head for the
 first ``initial_head_fraction`` of the iterations, like the GTA recipe's 25,001 of 250,000.
 
+Target depth. By default CorDA reads the target tree's stereo depth (``.mat`` files the world
+computed with the flaws of a stereo matcher). With ``target_depth: self_supervised`` the demo
+first trains the self-supervised stereo depth network on the target pairs (spec section 8) for
+``depth_share`` of the budget and exports its depth in the same format, as the paper does.
+
 Time planning. The adaptation methods get ``adaptation_share`` of the training time and the
 same number of iterations each; source-only and the oracle share the rest, with the same number
 of iterations each. After the two source-supervised runs, the adaptation iterations are planned
@@ -30,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Subset
@@ -91,6 +96,11 @@ class DemoConfig:
     """Score on the first this many target val images (0: all)."""
     grid_images: int = 4
     """Target val images shown in report.png."""
+    target_depth: Literal["stereo", "self_supervised"] = "stereo"
+    """CorDA's target depth: the tree's stereo-matcher depth files, or a Monodepth2-style network trained
+    here on the target stereo pairs (spec section 8) and exported as stereo .mat files."""
+    depth_share: float = 0.15
+    """Fraction of the budget for training the self-supervised depth network (target_depth: self_supervised)."""
     seed: int = 0
     """Seed of the model initialisations, sample orders and adaptation draws."""
     world_workers: int | None = None
@@ -101,6 +111,8 @@ class DemoConfig:
             raise ConfigError(f"backbone_depth: {self.backbone_depth} is not one of 18, 34, 50, 101")
         if self.minutes <= 0:
             raise ConfigError(f"minutes: {self.minutes} must be > 0")
+        if not 0.0 < self.depth_share < 0.5:
+            raise ConfigError(f"depth_share: {self.depth_share} must lie in (0, 0.5)")
         if not 0.0 < self.adaptation_share < 1.0:
             raise ConfigError(f"adaptation_share: {self.adaptation_share} must lie in (0, 1)")
         if not 0.0 <= self.initial_head_fraction <= 1.0:
@@ -193,8 +205,10 @@ class _Progress:
 # ---------------------------------------------------------------------------------- configs
 
 
-def _datasets(cfg: DemoConfig, method: str, source_root: Path, target_root: Path) -> dict[str, Any]:
-    """The source (and target) dataset sections of one method's training config."""
+def _datasets(cfg: DemoConfig, method: str, source_root: Path, target_root: Path,
+              target_depth_root: Path | None = None) -> dict[str, Any]:
+    """The source (and target) dataset sections of one method's training config; CorDA reads its
+    target depth from ``target_depth_root`` when given (a tree of self-supervised depth)."""
     size, crop = list(cfg.world.size), list(cfg.crop)
     depth = method == "corda"
     if method == "oracle":
@@ -206,7 +220,8 @@ def _datasets(cfg: DemoConfig, method: str, source_root: Path, target_root: Path
                   "resize": size, "crop": crop}
     sections: dict[str, Any] = {"source": source}
     if method in ("dacs", "corda"):
-        sections["target"] = {"format": "cityscapes", "root": str(target_root), "split": "train",
+        root = target_depth_root if depth and target_depth_root is not None else target_root
+        sections["target"] = {"format": "cityscapes", "root": str(root), "split": "train",
                               "depth": "stereo" if depth else "none", "use_labels": False,
                               "resize_scale": 1.0, "crop": crop}
     return sections
@@ -214,12 +229,12 @@ def _datasets(cfg: DemoConfig, method: str, source_root: Path, target_root: Path
 
 def train_config(cfg: DemoConfig, method: str, source_root: Path, target_root: Path, run_dir: Path,
                  iterations: int, init: Path | None = None, log_every: int = 10,
-                 progress: bool = True) -> TrainConfig:
+                 progress: bool = True, target_depth_root: Path | None = None) -> TrainConfig:
     """The :class:`TrainConfig` of one demo run (validated like any config file)."""
     adapting = method in ("dacs", "corda")
     data: dict[str, Any] = {
         "model": to_dict(cfg.model("corda" if method == "corda" else "deeplab")),
-        **_datasets(cfg, method, source_root, target_root),
+        **_datasets(cfg, method, source_root, target_root, target_depth_root),
         "adaptation": {
             "method": method if adapting else "source_only",
             "initial_head_until": int(round(cfg.initial_head_fraction * iterations)),
@@ -255,6 +270,41 @@ def _run(train_cfg: TrainConfig):
         # The source-supervised runs start from random weights on purpose (no pretrained file here).
         warnings.filterwarnings("ignore", message="checkpoint.init is not set")
         return train(train_cfg)
+
+
+# ---------------------------------------------------------------------------------- target depth
+
+
+def self_supervised_target_depth(cfg: DemoConfig, target_root: Path, out_dir: Path, seconds: float,
+                                 progress: bool = True) -> Path:
+    """Train the self-supervised stereo depth network on the target train pairs for at most
+    ``seconds``, export its depth as stereo ``.mat`` files, and return a Cityscapes tree that has
+    the target's images with that depth (images linked, not copied)."""
+    from cordaseg.data import formats
+    from cordaseg.depth import DepthTrainConfig, export_depth, train_depth
+
+    width, height = cfg.world.size
+    size = [max(64, width // 32 * 32), max(64, height // 32 * 32)]
+    depth_cfg = from_dict(DepthTrainConfig, {
+        "mode": "stereo",
+        "data": {"layout": "cityscapes", "root": str(target_root), "split": "train", "size": size},
+        "optim": {"batch_size": 4, "iterations": 100_000, "lr": 1e-4},
+        "run": {"out_dir": str(out_dir / "depth_run"), "seed": cfg.seed, "device": "cpu", "workers": 0,
+                "log_interval": 25, "time_limit_s": max(seconds, 1.0)},
+    })
+    if (out_dir / "depth_run").exists():
+        shutil.rmtree(out_dir / "depth_run")
+    checkpoint = train_depth(depth_cfg, progress=progress)
+    tree = out_dir / "target_self_supervised"
+    if tree.exists():
+        shutil.rmtree(tree)
+    layout = formats.detect_cityscapes_layout(target_root)
+    image_dir = formats.cityscapes_image_dir(target_root, layout)
+    (tree / image_dir.relative_to(target_root)).parent.mkdir(parents=True, exist_ok=True)
+    (tree / image_dir.relative_to(target_root)).symlink_to(image_dir.resolve(), target_is_directory=True)
+    export_depth(checkpoint, target_root, "stereo-mat", out_root=tree, split="train", device="cpu",
+                 progress=progress)
+    return tree
 
 
 # ---------------------------------------------------------------------------------- warm start
@@ -364,6 +414,13 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, quiet: bool = False) -> DemoR
     say("  s/iteration: " + ", ".join(f"{METHOD_TITLES[m]} {speed[m]:.3f}" for m in METHODS)
         + f"; evaluation of all four ~{eval_seconds:.0f} s")
 
+    target_depth_root = None
+    if cfg.target_depth == "self_supervised":
+        seconds = cfg.depth_share * budget
+        say(f"stage 2/5: self-supervised stereo depth on the target train pairs (~{seconds / 60:.1f} min), "
+            "exported for CorDA")
+        target_depth_root = self_supervised_target_depth(cfg, target_root, runs, seconds, progress=not quiet)
+
     # Setup of each run (datasets, model, checkpoint) and the report: a fixed margin.
     margin = 10.0 + 0.05 * budget
     plan = plan_iterations(budget - say.elapsed() - eval_seconds - margin, speed, cfg.adaptation_share,
@@ -393,7 +450,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, quiet: bool = False) -> DemoR
                                            runs / "corda_init.pt", seed=cfg.seed)
         start = time.perf_counter()
         result = _run(train_config(cfg, method, source_root, target_root, runs / method, plan[method], init=init,
-                                   progress=not quiet))
+                                   progress=not quiet, target_depth_root=target_depth_root))
         timings[method] = time.perf_counter() - start
         trained[method] = result
         evaluation = _evaluate(result.student, val, cfg)

@@ -48,7 +48,10 @@ def markdown(cfg: DemoConfig, results: dict[str, MethodResult], seconds: float) 
         f"CorDA heads {cfg.head_width}; crops {cfg.crop[0]}x{cfg.crop[1]}, batch {cfg.batch_size}, "
         f"seed {cfg.seed}. Total time {seconds / 60:.1f} min on the CPU.",
         "",
-        "DACS and CorDA start from the source-only weights. Scores: target val split, 19 classes, mIoU %.",
+        "DACS and CorDA start from the source-only weights. CorDA's target depth: "
+        + ("the tree's stereo-matcher depth (.mat)." if cfg.target_depth == "stereo" else
+           "a self-supervised stereo depth network trained here on the target pairs, exported as .mat."),
+        "Scores: target val split, 19 classes, mIoU %.",
         "",
         "| method | iterations | s/iteration | training time (s) | mIoU |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -10,10 +10,16 @@ Model variants: a field of the model output that is None is skipped. Without a s
 decoder (the "simple auxiliary depth" multitask model, the reference's no-attention layout) the
 target decoder D also serves the source losses and there is no depth-based weighting; without
 depth outputs at all (DeepLabV2) only ``method: dacs`` and ``method: source_only`` apply.
+
+On CUDA the teacher's forward (step 3) runs on a second stream, overlapped with the mixing and
+the student's passes; the current stream waits for it just before the pseudo-labels are first
+read. Nothing else changes: the same kernels on the same inputs, the same generator draws.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +116,39 @@ def pseudo_label(
     return label, confidence, probability.shape[1]
 
 
+@functools.cache
+def _side_stream(device_index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device=device_index)
+
+
+def _launch_pseudo_label(
+    teacher: nn.Module, target_image: torch.Tensor, iteration: int, cfg: AdaptationConfig, overlap: bool
+) -> tuple[torch.Tensor, torch.Tensor, int, Callable[[], None]]:
+    """:func:`pseudo_label`, plus ``join``: call it before reading the label or the confidence.
+
+    With ``overlap`` on a CUDA device the teacher runs on a second stream and ``join`` makes the
+    current stream wait for it; elsewhere it runs in place and ``join`` does nothing.
+    """
+    if not overlap or target_image.device.type != "cuda":
+        label, confidence, num_classes = pseudo_label(teacher, target_image, iteration, cfg)
+        return label, confidence, num_classes, lambda: None
+    device = target_image.device
+    main = torch.cuda.current_stream(device)
+    side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+    side.wait_stream(main)  # the target batch (and the EMA-updated teacher) come from the main stream
+    with torch.cuda.stream(side):
+        label, confidence, num_classes = pseudo_label(teacher, target_image, iteration, cfg)
+
+    def join() -> None:
+        main.wait_stream(side)
+        # Allocated on the side stream, used on the main one: keep the caching allocator from
+        # handing their memory to the side stream before the main stream is done with them.
+        label.record_stream(main)
+        confidence.record_stream(main)
+
+    return label, confidence, num_classes, join
+
+
 def _source_depth_pair(pred: _Predictions) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Decoders supervised on source pixels: D_src and D_src_init, falling back to D and D_init."""
     final = pred.depth_source if pred.depth_source is not None else pred.depth
@@ -158,6 +197,7 @@ def adaptation_step(
     *,
     with_visuals: bool = False,
     draws: StepDraws | None = None,
+    teacher_stream: bool = True,
 ) -> StepOutput:
     """One iteration of spec section 3 (steps 2-8): returns the loss (with gradient) and its parts.
 
@@ -165,7 +205,8 @@ def adaptation_step(
     ``source_depth`` (B, H, W), ``target_image`` (B, 3, H, W), ``target_depth`` (B, H, W); depth keys
     may be absent or None for DACS and source-only. Both models are expected in train() mode
     (the reference runs the teacher in train mode too; this step does not change modes).
-    ``draws`` replaces the generator's draws (for tests that replay them).
+    ``draws`` replaces the generator's draws (for tests that replay them). ``teacher_stream``:
+    on CUDA, overlap the teacher's forward with the student's work on a second stream.
     """
     source_image = _require(batch, "source_image")
     source_label = _require(batch, "source_label").long()
@@ -196,8 +237,11 @@ def adaptation_step(
         draws = draw_step_randomness(b, cfg.augmentation, generator)
     draws = draws.to(source_image.device)
 
-    # Step 3: pseudo-labels from the EMA teacher on the unaugmented target.
-    target_label, target_confidence, num_classes = pseudo_label(teacher, target_image, iteration, cfg)
+    # Step 3: pseudo-labels from the EMA teacher on the unaugmented target (not read before
+    # join(): on CUDA the teacher runs alongside what follows).
+    target_label, target_confidence, num_classes, join = _launch_pseudo_label(
+        teacher, target_image, iteration, cfg, teacher_stream
+    )
     label = sanitize_label(source_label, num_classes, cfg.ignore_index)
 
     # Step 4: ClassMix (source pasted on target) and strong augmentation of the mixed image, in the
@@ -205,7 +249,6 @@ def adaptation_step(
     with torch.autocast(device_type=source_image.device.type, enabled=False):
         mask = classmix_mask(label, draws.class_scores, cfg.ignore_index, cfg.classmix_ignore_as_class)  # (B, H, W)
         mixed_image = strong_augment(mix(mask, source_image, target_image), draws, cfg.augmentation, cfg.mean_bgr)
-        mixed_label = mix(mask, label, target_label)  # (B, H, W) long
         mixed_depth = mix(mask, source_depth, target_depth) if cfg.uses_depth else None
 
     # Steps 2 and 5: student passes, separate (reference BN statistics) or merged (fast option).
@@ -224,6 +267,9 @@ def adaptation_step(
     with torch.autocast(device_type=source_image.device.type, enabled=False):
         src_total, src_terms = source_loss(pred_src, label, source_depth, cfg)
         terms.update(src_terms)
+
+        join()  # from here on the teacher's pseudo-labels are read
+        mixed_label = mix(mask, label, target_label)  # (B, H, W) long
 
         # Step 6: pixel weights (no gradient).
         fraction = confidence_fraction(target_confidence, cfg.confidence_threshold)

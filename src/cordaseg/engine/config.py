@@ -51,6 +51,10 @@ class OptimConfig:
     """'linear' multiplies lr by world_size * batch_size / reference_batch; 'none' keeps lr as written."""
     reference_batch: int = 2
     """The effective batch that ``lr`` was tuned for (used by lr_scaling: linear)."""
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    """SGD kernels, same update either way: 'fused' (one kernel for all parameters), 'foreach'
+    (a few multi-tensor kernels), 'for_loop' (one update per tensor); 'auto' = fused on CUDA,
+    PyTorch's default elsewhere."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -79,6 +83,8 @@ class RunConfig:
     """Keep images and weights in channels_last memory format (faster convolutions on GPUs)."""
     deterministic: bool = False
     """Deterministic kernels and no cudnn.benchmark: bit-identical reruns and resumes, slower."""
+    teacher_stream: bool = True
+    """On CUDA, run the teacher's forward on a second stream, overlapped with the student's passes."""
     num_workers: int = 2
     """DataLoader worker processes per dataset and per process (0: load in the main process)."""
     auto_resume: bool = True

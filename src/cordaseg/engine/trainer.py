@@ -17,9 +17,7 @@ read, only at the logging interval and before every evaluation and checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,8 +31,6 @@ from torch import nn
 from torch.utils.data import Subset
 
 from cordaseg.adaptation import adaptation_step
-from cordaseg.adaptation.ema import ema_update
-from cordaseg.adaptation.schedules import poly_lr
 from cordaseg.config import ConfigError, to_dict
 from cordaseg.data.check import quick_check
 from cordaseg.data.datasets import build_dataset
@@ -42,6 +38,13 @@ from cordaseg.data.loader import make_loader
 from cordaseg.engine import checkpoint as ckpt
 from cordaseg.engine import distributed
 from cordaseg.engine.config import TrainConfig, validate
+from cordaseg.engine.iteration import (
+    IterationState,
+    apply_sgd_flags,
+    build_optimizer,
+    numerics,
+    train_iteration,
+)
 from cordaseg.engine.logging import RunLogger, image_panels, progress_bar
 from cordaseg.errors import CheckpointError, CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
@@ -53,7 +56,7 @@ from cordaseg.models.checkpoint import (
     read_file,
 )
 from cordaseg.models.convert import load_init_weights
-from cordaseg.models.corda import build_model, param_groups
+from cordaseg.models.corda import build_model
 
 # Stream identifiers mixed into seeds, so that source order, target order and step draws differ.
 _SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM = 1, 2, 3
@@ -137,23 +140,6 @@ def effective_lr(cfg: TrainConfig, world_size: int) -> float:
     return cfg.optim.lr
 
 
-@contextlib.contextmanager
-def _numerics(cfg: TrainConfig, device: torch.device):
-    """Deterministic kernels or cudnn.benchmark for the run; the process's settings come back after."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.run.deterministic
-    torch.backends.cudnn.deterministic = cfg.run.deterministic
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
-
-
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (seed, stream, iteration, rank), stable across runs."""
     words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
@@ -234,16 +220,14 @@ class _Run:
             self.teacher.train()  # the reference's teacher normalises with batch statistics
         self.student = student
         self.base_lr = effective_lr(cfg, ctx.world_size)
-        self.optimizer = torch.optim.SGD(
-            param_groups(student, self.base_lr, cfg.optim.head_lr_mult),
-            lr=self.base_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(student, cfg, self.base_lr, device)
         self.iteration = 0
         self.best_miou: float | None = None
         data_state: dict[str, dict[str, int]] = {"source": {}, "target": {}}
         if plan.resume is not None:
             data_state = self._restore(plan.resume)
         self.model = distributed.wrap_student(student, ctx)
+        self.state = IterationState(self.model, self.teacher, self.optimizer, cfg, self.base_lr)
 
         self.source = build_dataset(cfg.source, train=True, seed=cfg.run.seed)
         self.target = build_dataset(cfg.target, train=True, seed=cfg.run.seed + 1) if self.teacher else None
@@ -273,6 +257,7 @@ class _Run:
         if self.teacher is not None:
             load_state(self.teacher, payload["teacher"], path)
         self.optimizer.load_state_dict(payload["optimizer"])
+        apply_sgd_flags(self.optimizer, self.cfg, self.ctx.device)
         self.iteration = int(payload["iteration"])
         best = payload.get("best_miou")
         self.best_miou = None if best is None else float(best)
@@ -284,11 +269,6 @@ class _Run:
         return {name: {k: int(v) for k, v in data_state.get(name, {}).items()} for name in ("source", "target")}
 
     # ------------------------------------------------------------------ per-iteration work
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.run.precision == "bf16":
-            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _next_batch(self) -> dict[str, Any]:
         """The step's flat batch: source_image/label/depth and target_image/depth."""
         device, cl = self.ctx.device, self.cfg.run.channels_last
@@ -367,21 +347,14 @@ class _Run:
         try:
             while self.iteration < total:
                 i = self.iteration
-                lr = poly_lr(self.base_lr, i, total, cfg.optim.poly_power)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_mult"]
                 batch = self._next_batch()
                 generator = torch.Generator(device=ctx.device)
                 generator.manual_seed(derive_seed(cfg.run.seed, _STEP_STREAM, i, ctx.rank))
                 with_visuals = bool(cfg.logging.image_every) and (i + 1) % cfg.logging.image_every == 0
-                with self._autocast():
-                    out = adaptation_step(self.model, self.teacher, batch, cfg.adaptation, i, generator,
-                                          with_visuals=with_visuals and ctx.is_main)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                self.optimizer.step()
-                if self.teacher is not None:
-                    ema_update(self.teacher, self.student, i, cfg.adaptation.ema_alpha)
+                # The step is looked up here, at call time, so that tests can substitute it.
+                result = train_iteration(self.state, batch, i, generator, with_visuals=with_visuals and ctx.is_main,
+                                         step=adaptation_step)
+                out, lr = result.step, result.lr
                 nonfinite |= ~torch.isfinite(out.loss.detach())
                 self.iteration = done = i + 1
                 bar.update(1)
@@ -428,7 +401,7 @@ def train(cfg: TrainConfig, resume: bool | str | Path | None = None) -> TrainRes
     plan = preflight(cfg, resume)
     ctx = distributed.init(cfg.run.device)
     try:
-        with _numerics(cfg, ctx.device):
+        with numerics(cfg, ctx.device):
             return _Run(cfg, ctx, plan).fit()
     finally:
         distributed.shutdown()

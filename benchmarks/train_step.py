@@ -1,0 +1,238 @@
+"""Benchmark: seconds per CorDA training iteration (issue 7, parts 1 and 2; spec section 3).
+
+Times :func:`cordaseg.engine.iteration.train_iteration`, the per-iteration code of
+``cordaseg train`` (poly lr, adaptation step under autocast, backward, SGD, EMA) plus the
+trainer's per-iteration generator and non-finite flag, on synthetic tensors already on the
+device (no data loading). For each configuration (every combination of the list options) it
+builds the student and the teacher, runs ``--warmup`` iterations, then ``--iterations`` timed
+ones, then (on CUDA) a few more under ``torch.cuda.set_sync_debug_mode("warn")`` to count
+host-device syncs. It prints one JSON line per configuration: s/iteration, peak memory
+(CUDA ``max_memory_allocated``; on CPU the process's peak RSS) and syncs per iteration ("n/a"
+on CPU).
+
+The paper's recipe on a GPU (ResNet-101, batch 2, 512x512 crops), fp32 and bf16, reference
+batch-norm statistics and the merged ("fast") student pass:
+
+    .venv/bin/python benchmarks/train_step.py --device cuda --precision fp32 bf16 --merged 0 1
+
+The unoptimised baseline of this code (no channels_last, per-tensor SGD, teacher in line):
+
+    .venv/bin/python benchmarks/train_step.py --device cuda --channels-last 0 --optimizer for_loop \\
+        --teacher-stream 0
+
+The CI preset (ResNet-18 with narrow heads, 64x64 crops, CPU, a few seconds):
+
+    .venv/bin/python benchmarks/train_step.py --tiny
+
+Expected: see benchmarks/RESULTS.md ("Training step and inference speed"). The reference
+implementation takes 0.156 s/iteration on an H200 (fp32, batch 2, 512x512, ResNet-101).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import resource
+import sys
+import time
+import warnings
+
+import torch
+
+from cordaseg.adaptation import AdaptationConfig
+from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
+from cordaseg.engine.iteration import IterationState, build_optimizer, numerics, train_iteration
+from cordaseg.engine.trainer import derive_seed
+from cordaseg.models.corda import ModelConfig, build_model
+
+STEP_STREAM = 3  # the trainer's seed stream of the step draws
+
+
+def synthetic_batch(batch: int, crop: int, num_classes: int, device: torch.device, channels_last: bool,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """A step batch like the loaders give: normalised images, train-ID labels with ignored pixels,
+    inverse-depth-like maps with invalid (1.0) pixels."""
+    g = torch.Generator().manual_seed(seed)
+
+    def image() -> torch.Tensor:
+        x = torch.rand(batch, 3, crop, crop, generator=g) * 255.0 - 120.0  # (B, 3, H, W), roughly BGR - mean
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def depth() -> torch.Tensor:
+        d = torch.rand(batch, crop, crop, generator=g) * 0.5 + 0.01
+        return d.masked_fill(torch.rand(batch, crop, crop, generator=g) < 0.05, 1.0)
+
+    # Labels in blocks of 8x8 pixels, so that ClassMix has regions of several classes.
+    blocks = torch.randint(0, num_classes, (batch, crop // 8 + 1, crop // 8 + 1), generator=g)
+    label = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, :crop, :crop]
+    label = label.masked_fill(torch.rand(batch, crop, crop, generator=g) < 0.05, 255)
+    tensors = {"source_image": image(), "source_label": label, "source_depth": depth(),
+               "target_image": image(), "target_depth": depth()}
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def make_config(args: argparse.Namespace, precision: str, channels_last: bool, merged: bool,
+                teacher_stream: bool, device: torch.device) -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(backbone_depth=args.backbone, backbone_width=args.backbone_width,
+                          head_width=args.head_width),
+        adaptation=AdaptationConfig(method="corda", merged_student_pass=merged),
+        optim=OptimConfig(iterations=args.schedule, batch_size=args.batch, implementation=args.optimizer),
+        run=RunConfig(device=device.type, precision=precision, channels_last=channels_last,
+                      teacher_stream=teacher_stream, deterministic=False),
+    )
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(peak MiB, what was measured)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+    # ru_maxrss is in KiB on Linux: the whole process's peak, models and Python included.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_configuration(args: argparse.Namespace, device: torch.device, precision: str, channels_last: bool,
+                      compile_model: bool, merged: bool, teacher_stream: bool) -> dict:
+    cfg = make_config(args, precision, channels_last, merged, teacher_stream, device)
+    torch.manual_seed(0)
+    student = build_model(cfg.model).to(device)
+    if channels_last:
+        student.to(memory_format=torch.channels_last)
+    student.train()
+    teacher = copy.deepcopy(student).requires_grad_(False).train()
+    optimizer = build_optimizer(student, cfg, cfg.optim.lr, device)
+    model, teacher_model = student, teacher
+    if compile_model:
+        model, teacher_model = torch.compile(student), torch.compile(teacher)
+    state = IterationState(model, teacher_model, optimizer, cfg, cfg.optim.lr)
+    batch = synthetic_batch(args.batch, args.crop, cfg.model.num_classes, device, channels_last)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def iterate(i: int) -> None:
+        nonlocal nonfinite
+        # What the trainer's loop does per iteration around train_iteration (minus the batch).
+        generator = torch.Generator(device=device)
+        generator.manual_seed(derive_seed(0, STEP_STREAM, i, 0))
+        out = train_iteration(state, batch, i, generator)
+        nonfinite |= ~torch.isfinite(out.step.loss.detach())
+
+    with numerics(cfg, device):
+        for i in range(args.warmup):
+            iterate(i)
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for i in range(args.warmup, args.warmup + args.iterations):
+            iterate(i)
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / args.iterations
+
+        syncs: float | str = "n/a"
+        if device.type == "cuda":
+            counted = args.warmup + args.iterations
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    for i in range(counted, counted + args.sync_iterations):
+                        iterate(i)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            synced = [w for w in caught if "synchroniz" in str(w.message).lower()]
+            syncs = len(synced) / args.sync_iterations
+        memory, memory_kind = peak_memory(device)
+    finite = not bool(nonfinite.item())  # one sync after all timing
+    return {
+        "benchmark": "train_step",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "backbone": args.backbone,
+        "backbone_width": args.backbone_width,
+        "head_width": args.head_width,
+        "batch": args.batch,
+        "crop": args.crop,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "merged": merged,
+        "teacher_stream": teacher_stream,
+        "optimizer": args.optimizer,
+        "warmup": args.warmup,
+        "iterations": args.iterations,
+        "s_per_iteration": round(seconds, 5),
+        "iterations_per_s": round(1.0 / seconds, 3),
+        "peak_memory_mib": round(memory, 1),
+        "peak_memory_kind": memory_kind,
+        "syncs_per_iteration": syncs,
+        "finite": finite,
+    }
+
+
+def flags(text: str) -> bool:
+    if text.lower() in ("1", "true", "on", "yes"):
+        return True
+    if text.lower() in ("0", "false", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backbone", type=int, default=101, choices=(18, 34, 50, 101), help="ResNet depth")
+    parser.add_argument("--backbone-width", type=int, default=64, help="stem channels (64 in the paper)")
+    parser.add_argument("--head-width", type=int, default=256, help="task branch channels (256 in the paper)")
+    parser.add_argument("--batch", type=int, default=2, help="source images per iteration (as many target)")
+    parser.add_argument("--crop", type=int, default=512, help="square crop side in pixels")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--channels-last", nargs="+", type=flags, default=[True], help="0 and/or 1")
+    parser.add_argument("--compile", nargs="+", type=flags, default=[False],
+                        help="0 and/or 1: torch.compile the student and the teacher (benchmark only)")
+    parser.add_argument("--merged", nargs="+", type=flags, default=[False, True],
+                        help="0 and/or 1: one student pass on source + mixed (the 'fast' mode)")
+    parser.add_argument("--teacher-stream", nargs="+", type=flags, default=[True],
+                        help="0 and/or 1: teacher forward on a second CUDA stream")
+    parser.add_argument("--optimizer", default="auto", choices=("auto", "fused", "foreach", "for_loop"),
+                        help="SGD kernels (optim.implementation)")
+    parser.add_argument("--iterations", type=int, default=30, help="timed iterations per configuration")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first (cudnn.benchmark)")
+    parser.add_argument("--sync-iterations", type=int, default=3, help="iterations with sync counting (CUDA)")
+    parser.add_argument("--schedule", type=int, default=250_000, help="optim.iterations of the poly schedule")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU preset: ResNet-18, narrow heads, 64x64 crops, 2 timed iterations, 1 thread")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.device, args.backbone, args.backbone_width, args.head_width = "cpu", 18, 16, 32
+        args.crop, args.iterations, args.warmup = 64, 2, 1
+        args.threads = args.threads or 1  # on a shared CI machine extra threads mostly wait for each other
+    if min(args.iterations, args.batch, args.crop, args.sync_iterations) < 1 or args.warmup < 0:
+        parser.error("--iterations, --batch, --crop and --sync-iterations must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for precision, channels_last, compile_model, merged, teacher_stream in itertools.product(
+        args.precision, args.channels_last, args.compile, args.merged, args.teacher_stream
+    ):
+        result = run_configuration(args, device, precision, channels_last, compile_model, merged, teacher_stream)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

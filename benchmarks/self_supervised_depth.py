@@ -1,8 +1,9 @@
 """Benchmark: self-supervised stereo depth on the synthetic world, against its rendered ground truth.
 
-1. Renders a small world (``--frames`` target stereo pairs with camera files, Cityscapes layout).
-2. Trains the Monodepth2-style depth network from those stereo pairs only (no depth labels) for
-   at most ``--seconds`` (``cordaseg depth train`` with the config built here).
+1. Renders a small world (``--frames`` target stereo pairs with camera files, Cityscapes layout;
+   with ``--mode mono`` or ``mono+stereo``, sequences of a camera driving 1 m per frame instead).
+2. Trains the Monodepth2-style depth network from those views only (no depth labels) for at
+   most ``--seconds`` (``cordaseg depth train`` with the config built here).
 3. Renders ``--eval-frames`` fresh target frames with their exact metric depth and prints AbsRel,
    RMSE and delta < 1.25 (pixels nearer than 80 m, sky excluded) of
    - the self-supervised network (metric: its scale comes from the stereo baseline; and median-scaled),
@@ -34,6 +35,7 @@ from cordaseg.data.world import generate_world, render_frame, stereo_depth, targ
 from cordaseg.depth.evaluate import DepthErrors, depth_errors, evaluate_on_frames
 from cordaseg.depth.export import export_depth, link_tree
 from cordaseg.depth.trainer import DepthTrainConfig, load_depth_checkpoint, train_depth
+from cordaseg.depth.world_video import write_world_video
 
 EVAL_STREAM = 7  # seed stream of the evaluation frames, distinct from the world's own streams
 
@@ -78,7 +80,10 @@ def run_corda(source: Path, target: Path, seed: int, iterations: int, out_dir: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_ss_depth", help="working folder (world, runs)")
-    parser.add_argument("--frames", type=int, default=32, help="target stereo pairs to train on")
+    parser.add_argument("--mode", choices=("stereo", "mono", "mono+stereo"), default="stereo",
+                        help="supervision; mono modes train on world sequences (--frames per --sequence-length)")
+    parser.add_argument("--frames", type=int, default=32, help="target stereo pairs (or sequence frames) to train on")
+    parser.add_argument("--sequence-length", type=int, default=8, help="frames per world sequence (mono modes)")
     parser.add_argument("--size", type=_size, default=(128, 64), help="render and training size WxH")
     parser.add_argument("--seconds", type=float, default=50.0, help="training time limit")
     parser.add_argument("--iterations", type=int, default=100000, help="training iteration limit")
@@ -104,10 +109,18 @@ def main() -> None:
                                     4 if args.corda_seeds else 0, size=args.size, seed=args.seed, progress=False)
     print(f"world: {args.frames} stereo pairs of {width}x{height} in {time.perf_counter() - start:.1f} s")
 
+    data = {"layout": "cityscapes", "root": str(target)}
+    if args.mode != "stereo":
+        start = time.perf_counter()
+        sequences = max(1, args.frames // args.sequence_length)
+        write_world_video(out / "video", sequences, args.sequence_length, size=args.size, seed=args.seed)
+        data = {"layout": "video", "root": str(out / "video")}
+        print(f"world video: {sequences} sequences of {args.sequence_length} frames (1 m apart) in "
+              f"{time.perf_counter() - start:.1f} s")
     cfg = from_dict(DepthTrainConfig, {
-        "mode": "stereo",
+        "mode": args.mode,
         "model": {"encoder_width": args.width, "decoder_width": 8, "min_depth": 0.5, "max_depth": 100.0},
-        "data": {"layout": "cityscapes", "root": str(target), "size": [width // 32 * 32, max(64, height // 32 * 32)]},
+        "data": {**data, "size": [width // 32 * 32, max(64, height // 32 * 32)]},
         "optim": {"lr": args.lr, "batch_size": args.batch_size, "iterations": args.iterations},
         "run": {"out_dir": str(out / "depth_run"), "device": args.device, "workers": 0, "log_interval": 25,
                 "seed": args.seed, "time_limit_s": args.seconds},
@@ -118,15 +131,15 @@ def main() -> None:
     net, cfg, _ = load_depth_checkpoint(checkpoint, args.device)
     iterations = torch.load(checkpoint, weights_only=True)["iteration"]
     if args.checkpoint:
-        print(f"stereo depth: {checkpoint} ({iterations} iterations)")
+        print(f"{args.mode} depth: {checkpoint} ({iterations} iterations)")
     else:
-        print(f"stereo training: {iterations} iterations of batch {args.batch_size} in {train_s:.1f} s "
+        print(f"{args.mode} training: {iterations} iterations of batch {args.batch_size} in {train_s:.1f} s "
               f"(device {args.device}, encoder width {cfg.model.encoder_width})")
 
     frames = eval_frames(args.eval_frames, args.size, args.seed)
     results = evaluate_on_frames(net, ((f.rgb, f.depth) for f in frames), tuple(cfg.data.size), args.device)
-    rows = {"self-supervised stereo (metric)": results["metric"],
-            "self-supervised stereo (median-scaled)": results["median_scaled"], **baselines(frames)}
+    rows = {f"self-supervised {args.mode} (metric)": results["metric"],
+            f"self-supervised {args.mode} (median-scaled)": results["median_scaled"], **baselines(frames)}
     print(f"\ndepth on {args.eval_frames} fresh rendered frames, ground truth < 80 m")
     print(f"{'method':40s} {'AbsRel':>7s} {'RMSE m':>7s} {'d<1.25':>7s} {'pixels':>8s}")
     for name, row in rows.items():

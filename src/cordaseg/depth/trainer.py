@@ -242,7 +242,7 @@ def train_depth(cfg: DepthTrainConfig, progress: bool = True) -> Path:
         num_workers=cfg.run.workers, generator=shuffle, persistent_workers=False,
         pin_memory=device.type == "cuda")
     checkpoint = out_dir / CHECKPOINT_NAME
-    log = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    log = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115  (runs do not resume)
     start = time.time()
     iteration, epoch = 0, 0
     running: dict[str, torch.Tensor] = {}

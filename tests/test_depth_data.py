@@ -72,13 +72,14 @@ def test_cityscapes_stereo_items(world):
     assert item["baseline"].item() == pytest.approx(cam["baseline"])
 
 
-def test_stereo_flip_swaps_the_views(world):
+def test_flip_mirrors_every_view_and_negates_the_baseline(world):
     base = DepthDataConfig(layout="cityscapes", root=str(world), size=(64, 64))
     plain = SelfSupervisedDepthDataset(DepthDataConfig(**{**base.__dict__, "flip": 0.0}), stereo=True, mono=False)[1]
     flipped = SelfSupervisedDepthDataset(DepthDataConfig(**{**base.__dict__, "flip": 1.0}), stereo=True, mono=False)[1]
-    torch.testing.assert_close(flipped["image"], plain["stereo"].flip(-1))
-    torch.testing.assert_close(flipped["stereo"], plain["image"].flip(-1))
+    torch.testing.assert_close(flipped["image"], plain["image"].flip(-1))
+    torch.testing.assert_close(flipped["stereo"], plain["stereo"].flip(-1))
     assert flipped["K"][0, 2].item() == pytest.approx(63 - plain["K"][0, 2].item())
+    assert flipped["baseline"].item() == -plain["baseline"].item() < 0
 
 
 def test_video_layout_items_and_offsets(tmp_path):

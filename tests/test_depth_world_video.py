@@ -32,3 +32,18 @@ def test_world_video_layout_and_true_motion(tmp_path):
     assert error(following, forward(1.0)) < 0.95 * error(following, forward(-1.0))
     stereo = error(item["stereo"][None], stereo_transform(item["baseline"][None]))
     assert stereo < 0.8 * photometric_error(item["stereo"][None], target).mean().item()
+
+
+def test_flipped_stereo_pair_is_explained_by_the_negative_baseline(tmp_path):
+    truth = write_world_video(tmp_path, sequences=1, frames=3, size=(128, 64))
+    cfg = DepthDataConfig(layout="video", root=str(tmp_path), size=(128, 64), flip=1.0)
+    item = SelfSupervisedDepthDataset(cfg, stereo=True, mono=True)[0]
+    depth = np.where(np.isfinite(truth[0][1]), truth[0][1], 1e3)[:, ::-1].copy()  # mirrored like the views
+    depth = torch.from_numpy(depth).float()[None, None]
+    target, right = item["image"][None], item["stereo"][None]
+    assert item["baseline"].item() < 0
+
+    def error(baseline):
+        return photometric_error(warp(right, depth, item["K"][None], stereo_transform(baseline)), target).mean().item()
+
+    assert error(item["baseline"][None]) < 0.8 * error(-item["baseline"][None])

@@ -17,11 +17,12 @@ Two layouts:
 
 Items are dicts: ``image`` (3, H, W) float32 RGB in [0, 1] (the target view), ``stereo`` (3, H, W)
 the right view (stereo modes), ``frames`` (S, 3, H, W) the frames at ``frame_offsets`` (monocular
-modes), ``K`` (3, 3) intrinsics at the item's size, ``baseline`` () metres, ``name``.
+modes), ``K`` (3, 3) intrinsics at the item's size, ``baseline`` () metres (signed: negative
+after a horizontal flip, where the partner camera is on the left), ``name``.
 
 Intrinsics follow the pixel-centre convention: resizing W -> W' maps ``fx -> fx W'/W`` and
-``cx -> (cx + 0.5) W'/W - 0.5``; a horizontal flip maps ``cx -> W - 1 - cx``. A training flip of a
-stereo pair also swaps the views, so the flipped right image is the new left one (Monodepth2).
+``cx -> (cx + 0.5) W'/W - 0.5``; a horizontal flip maps ``cx -> W - 1 - cx`` and negates the
+baseline, so the target, its neighbouring frames and its stereo partner stay consistent.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class DepthDataConfig:
     frame_offsets: tuple[int, ...] = (-1, 1)
     """Source frames of the monocular mode, relative to the target frame."""
     flip: float = 0.5
-    """Probability of a horizontal flip (stereo pairs are also swapped)."""
+    """Probability of a horizontal flip of all views of an item (the stereo baseline changes sign)."""
     list_file: str | None = None
     """Cityscapes only: text file of frame IDs to use (default: every frame found)."""
 
@@ -287,14 +288,15 @@ class SelfSupervisedDepthDataset(torch.utils.data.Dataset):
         flip = False
         if self.train and self.cfg.flip > 0:
             flip = bool(np.random.default_rng([self.seed, self.epoch, index]).random() < self.cfg.flip)
+        baseline = camera.baseline or 0.0
         if flip:
-            image, camera = image[:, ::-1], camera.flipped()
+            # Mirror every view and keep their roles: in the mirrored scene the partner camera sits
+            # on the other side, which the negative baseline says (Monodepth2 does the same).
+            image, camera, baseline = image[:, ::-1], camera.flipped(), -baseline
             frames = [f[:, ::-1] for f in frames]
-            if right is not None:
-                # The mirrored right view is a left view of the mirrored scene: swap the pair.
-                image, right = right[:, ::-1], image
+            right = None if right is None else right[:, ::-1]
         item = {"image": _to_tensor(image), "K": torch.from_numpy(camera.matrix()),
-                "baseline": torch.tensor(camera.baseline or 0.0, dtype=torch.float32), "name": record.name}
+                "baseline": torch.tensor(baseline, dtype=torch.float32), "name": record.name}
         if right is not None:
             item["stereo"] = _to_tensor(right)
         if frames:

@@ -52,7 +52,8 @@ def warp(source: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T: torch.Te
 
 
 def stereo_transform(baseline: torch.Tensor) -> torch.Tensor:
-    """(B,) baselines (metres) -> (B, 4, 4) left camera -> right camera transform."""
+    """(B,) baselines (metres) -> (B, 4, 4) left camera -> right camera transform (a negative
+    baseline puts the partner camera on the left, as in a horizontally mirrored pair)."""
     T = torch.eye(4, dtype=baseline.dtype, device=baseline.device).repeat(baseline.shape[0], 1, 1)
     T[:, 0, 3] = -baseline
     return T

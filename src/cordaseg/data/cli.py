@@ -14,6 +14,8 @@ import sys
 from cordaseg.config import ConfigError
 from cordaseg.data.synth import FORMATS, REAL_SIZES
 
+DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     try:
@@ -55,6 +57,17 @@ def _check(args: argparse.Namespace) -> int:
 
     # Broken files are reported one line each below; OpenCV's own log lines would only add noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    if args.format in DEPTH_LAYOUTS:  # training trees of self-supervised depth (cordaseg depth)
+        from cordaseg.depth.data import check_depth_tree
+
+        split = "train" if args.split == "all" else args.split
+        offsets = tuple(int(v) for v in args.frame_offsets.split(","))
+        report = check_depth_tree(args.format, args.root, split=split, frame_offsets=offsets)
+        for problem in report.problems:
+            print(problem)
+        print(f"{args.format} ({args.root}): {report.summary()}")
+        return 0 if report.ok else 1
 
     try:
         base = DatasetConfig(format=args.format, root=args.root,
@@ -104,7 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode every frame of a tree and report missing partners, unreadable files, sizes "
                     "that do not pair, wrong bit depth or channels, unknown label values and all-invalid "
                     "depth. Exit status 0 when clean, 1 otherwise.")
-    check.add_argument("--format", required=True, choices=FORMATS, help="dataset layout of the tree")
+    check.add_argument("--format", required=True, choices=FORMATS + DEPTH_LAYOUTS,
+                       help="dataset layout of the tree; cityscapes-stereo and video are the training trees "
+                            "of self-supervised depth (left/right images + camera files, ordered frames + "
+                            "intrinsics.json)")
+    check.add_argument("--frame-offsets", default="-1,1",
+                       help="video layout: neighbouring frames each frame needs (default -1,1)")
     check.add_argument("--root", required=True, help="root folder of the tree")
     check.add_argument("--depth", choices=("stereo", "mono", "none"), default=None,
                        help="Cityscapes depth kind to check on train (default stereo); 'none' skips depth")

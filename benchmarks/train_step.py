@@ -43,7 +43,7 @@ import torch
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
-from cordaseg.engine.iteration import IterationState, build_optimizer, numerics, train_iteration
+from cordaseg.engine.iteration import build_optimizer, make_state, numerics, train_iteration
 from cordaseg.engine.trainer import derive_seed
 from cordaseg.models.corda import ModelConfig, build_model
 
@@ -73,7 +73,7 @@ def synthetic_batch(batch: int, crop: int, num_classes: int, device: torch.devic
     return {k: v.to(device) for k, v in tensors.items()}
 
 
-def make_config(args: argparse.Namespace, precision: str, channels_last: bool, merged: bool,
+def make_config(args: argparse.Namespace, precision: str, channels_last: bool, compile_model: bool, merged: bool,
                 teacher_stream: bool, device: torch.device) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(backbone_depth=args.backbone, backbone_width=args.backbone_width,
@@ -81,7 +81,7 @@ def make_config(args: argparse.Namespace, precision: str, channels_last: bool, m
         adaptation=AdaptationConfig(method="corda", merged_student_pass=merged),
         optim=OptimConfig(iterations=args.schedule, batch_size=args.batch, implementation=args.optimizer),
         run=RunConfig(device=device.type, precision=precision, channels_last=channels_last,
-                      teacher_stream=teacher_stream, deterministic=False),
+                      teacher_stream=teacher_stream, compile=compile_model, deterministic=False),
     )
 
 
@@ -100,7 +100,7 @@ def synchronize(device: torch.device) -> None:
 
 def run_configuration(args: argparse.Namespace, device: torch.device, precision: str, channels_last: bool,
                       compile_model: bool, merged: bool, teacher_stream: bool) -> dict:
-    cfg = make_config(args, precision, channels_last, merged, teacher_stream, device)
+    cfg = make_config(args, precision, channels_last, compile_model, merged, teacher_stream, device)
     torch.manual_seed(0)
     student = build_model(cfg.model).to(device)
     if channels_last:
@@ -108,10 +108,7 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
     student.train()
     teacher = copy.deepcopy(student).requires_grad_(False).train()
     optimizer = build_optimizer(student, cfg, cfg.optim.lr, device)
-    model, teacher_model = student, teacher
-    if compile_model:
-        model, teacher_model = torch.compile(student), torch.compile(teacher)
-    state = IterationState(model, teacher_model, optimizer, cfg, cfg.optim.lr)
+    state = make_state(student, teacher, optimizer, cfg, cfg.optim.lr)
     batch = synthetic_batch(args.batch, args.crop, cfg.model.num_classes, device, channels_last)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
@@ -195,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", nargs="+", type=flags, default=[True], help="0 and/or 1")
     parser.add_argument("--compile", nargs="+", type=flags, default=[False],
-                        help="0 and/or 1: torch.compile the student and the teacher (benchmark only)")
+                        help="0 and/or 1: torch.compile the student and the teacher (run.compile)")
     parser.add_argument("--merged", nargs="+", type=flags, default=[False, True],
                         help="0 and/or 1: one student pass on source + mixed (the 'fast' mode)")
     parser.add_argument("--teacher-stream", nargs="+", type=flags, default=[True],

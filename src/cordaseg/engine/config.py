@@ -85,6 +85,9 @@ class RunConfig:
     """Deterministic kernels and no cudnn.benchmark: bit-identical reruns and resumes, slower."""
     teacher_stream: bool = True
     """On CUDA, run the teacher's forward on a second stream, overlapped with the student's passes."""
+    compile: bool = False
+    """torch.compile the student and the teacher for the training passes (default mode). The first
+    iterations take minutes longer; measure the gain first (benchmarks/train_step.py --compile 0 1)."""
     num_workers: int = 2
     """DataLoader worker processes per dataset and per process (0: load in the main process)."""
     auto_resume: bool = True

@@ -5,8 +5,8 @@ and the EMA teacher of step 9).
 :func:`train_iteration` is everything the trainer does per iteration except loading the batch
 and logging: set the learning rate, run the adaptation step under the configured autocast, zero
 the gradients, backward, SGD step, EMA update. ``benchmarks/train_step.py`` calls the same
-function, so it times exactly this code path. :func:`build_optimizer` and :func:`numerics` are
-the optimiser and the process settings both use.
+function, so it times exactly this code path. :func:`make_state`, :func:`build_optimizer` and
+:func:`numerics` are the state, the optimiser and the process settings both use.
 
 The iteration reads no tensor on the host: the loss and its terms stay 0-d device tensors until
 the trainer's logging interval.
@@ -44,6 +44,19 @@ class IterationState:
     """The run's configuration (optim schedule, adaptation step, precision)."""
     base_lr: float
     """Learning rate of the backbone group at iteration 0 (after ``optim.lr_scaling``)."""
+
+
+def make_state(model: nn.Module, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+               base_lr: float) -> IterationState:
+    """The iteration state; with ``run.compile`` the networks are called through ``torch.compile``.
+
+    The compiled wrappers share their parameters and buffers with ``model`` and ``teacher``, so
+    the optimiser, the EMA update, evaluation and checkpoints keep working on the originals.
+    """
+    if cfg.run.compile:
+        model = torch.compile(model)
+        teacher = torch.compile(teacher) if teacher is not None else None
+    return IterationState(model, teacher, optimizer, cfg, base_lr)
 
 
 @dataclass

@@ -39,9 +39,9 @@ from cordaseg.engine import checkpoint as ckpt
 from cordaseg.engine import distributed
 from cordaseg.engine.config import TrainConfig, validate
 from cordaseg.engine.iteration import (
-    IterationState,
     apply_sgd_flags,
     build_optimizer,
+    make_state,
     numerics,
     train_iteration,
 )
@@ -227,7 +227,7 @@ class _Run:
         if plan.resume is not None:
             data_state = self._restore(plan.resume)
         self.model = distributed.wrap_student(student, ctx)
-        self.state = IterationState(self.model, self.teacher, self.optimizer, cfg, self.base_lr)
+        self.state = make_state(self.model, self.teacher, self.optimizer, cfg, self.base_lr)
 
         self.source = build_dataset(cfg.source, train=True, seed=cfg.run.seed)
         self.target = build_dataset(cfg.target, train=True, seed=cfg.run.seed + 1) if self.teacher else None

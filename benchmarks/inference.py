@@ -35,6 +35,12 @@ from cordaseg.evaluation.inference import InferenceConfig
 from cordaseg.evaluation.predict import PredictConfig, predict_image
 from cordaseg.models.corda import ModelConfig, build_model
 
+# Values of the options left unset: a full frame with the paper's network, and the --tiny CPU preset.
+FULL = {"device": "auto", "backbone": 101, "backbone_width": 64, "head_width": 256, "size": [1024, 2048],
+        "images": 20, "threads": 0}
+TINY = {"device": "cpu", "backbone": 18, "backbone_width": 16, "head_width": 32, "size": [64, 128],
+        "images": 2, "threads": 1}
+
 
 def flags(text: str) -> bool:
     if text.lower() in ("1", "true", "on", "yes"):
@@ -74,25 +80,24 @@ def time_predict(model, images: list[np.ndarray], device, precision: str) -> flo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--backbone", type=int, default=101, choices=(18, 34, 50, 101), help="ResNet depth")
-    parser.add_argument("--backbone-width", type=int, default=64, help="stem channels (64 in the paper)")
-    parser.add_argument("--head-width", type=int, default=256, help="task branch channels (256 in the paper)")
-    parser.add_argument("--size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"),
-                        help="network input size")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (tiny: cpu)")
+    parser.add_argument("--backbone", type=int, choices=(18, 34, 50, 101), help="ResNet depth: 101 (tiny: 18)")
+    parser.add_argument("--backbone-width", type=int, help="stem channels: 64 as in the paper (tiny: 16)")
+    parser.add_argument("--head-width", type=int, help="task branch channels: 256 as in the paper (tiny: 32)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="network input size: 1024 2048 (tiny: 64 128)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", nargs="+", type=flags, default=[False],
                         help="0 and/or 1: the model's weights in channels_last")
     parser.add_argument("--paths", nargs="+", default=["evaluate", "predict"], choices=("evaluate", "predict"))
-    parser.add_argument("--images", type=int, default=20, help="timed images per configuration")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--images", type=int, help="timed images per configuration: 20 (tiny: 2)")
+    parser.add_argument("--threads", type=int, help="CPU threads: 0 = PyTorch's default (tiny: 1)")
     parser.add_argument("--tiny", action="store_true",
-                        help="CPU preset: ResNet-18, narrow heads, 64x128 images, 2 images, 1 thread")
+                        help="CPU preset for CI: ResNet-18, narrow heads, 64x128 images, 2 images, 1 thread")
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.device, args.backbone, args.backbone_width, args.head_width = "cpu", 18, 16, 32
-        args.size, args.images = [64, 128], 2
-        args.threads = args.threads or 1
+    for key, value in (TINY if args.tiny else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.images < 1 or min(args.size) < 16:
         parser.error("--images must be >= 1 and --size at least 16x16")
     return args

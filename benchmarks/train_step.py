@@ -49,6 +49,12 @@ from cordaseg.models.corda import ModelConfig, build_model
 
 STEP_STREAM = 3  # the trainer's seed stream of the step draws
 
+# Values of the options left unset: the paper's recipe on a GPU, and the --tiny CPU preset.
+FULL = {"device": "auto", "backbone": 101, "backbone_width": 64, "head_width": 256, "crop": 512,
+        "iterations": 30, "warmup": 10, "threads": 0}
+TINY = {"device": "cpu", "backbone": 18, "backbone_width": 16, "head_width": 32, "crop": 64,
+        "iterations": 2, "warmup": 1, "threads": 1}  # one thread: on a shared CI machine more mostly wait
+
 
 def synthetic_batch(batch: int, crop: int, num_classes: int, device: torch.device, channels_last: bool,
                     seed: int = 0) -> dict[str, torch.Tensor]:
@@ -183,12 +189,12 @@ def flags(text: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--backbone", type=int, default=101, choices=(18, 34, 50, 101), help="ResNet depth")
-    parser.add_argument("--backbone-width", type=int, default=64, help="stem channels (64 in the paper)")
-    parser.add_argument("--head-width", type=int, default=256, help="task branch channels (256 in the paper)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (tiny: cpu)")
+    parser.add_argument("--backbone", type=int, choices=(18, 34, 50, 101), help="ResNet depth: 101 (tiny: 18)")
+    parser.add_argument("--backbone-width", type=int, help="stem channels: 64 as in the paper (tiny: 16)")
+    parser.add_argument("--head-width", type=int, help="task branch channels: 256 as in the paper (tiny: 32)")
     parser.add_argument("--batch", type=int, default=2, help="source images per iteration (as many target)")
-    parser.add_argument("--crop", type=int, default=512, help="square crop side in pixels")
+    parser.add_argument("--crop", type=int, help="square crop side in pixels: 512 (tiny: 64)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", nargs="+", type=flags, default=[True], help="0 and/or 1")
     parser.add_argument("--compile", nargs="+", type=flags, default=[False],
@@ -199,18 +205,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0 and/or 1: teacher forward on a second CUDA stream")
     parser.add_argument("--optimizer", default="auto", choices=("auto", "fused", "foreach", "for_loop"),
                         help="SGD kernels (optim.implementation)")
-    parser.add_argument("--iterations", type=int, default=30, help="timed iterations per configuration")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first (cudnn.benchmark)")
+    parser.add_argument("--iterations", type=int, help="timed iterations per configuration: 30 (tiny: 2)")
+    parser.add_argument("--warmup", type=int, help="untimed iterations first (cudnn.benchmark): 10 (tiny: 1)")
     parser.add_argument("--sync-iterations", type=int, default=3, help="iterations with sync counting (CUDA)")
     parser.add_argument("--schedule", type=int, default=250_000, help="optim.iterations of the poly schedule")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--threads", type=int, help="CPU threads: 0 = PyTorch's default (tiny: 1)")
     parser.add_argument("--tiny", action="store_true",
-                        help="CPU preset: ResNet-18, narrow heads, 64x64 crops, 2 timed iterations, 1 thread")
+                        help="CPU preset for CI: ResNet-18, narrow heads, 64x64 crops, 2 timed iterations")
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.device, args.backbone, args.backbone_width, args.head_width = "cpu", 18, 16, 32
-        args.crop, args.iterations, args.warmup = 64, 2, 1
-        args.threads = args.threads or 1  # on a shared CI machine extra threads mostly wait for each other
+    for key, value in (TINY if args.tiny else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if min(args.iterations, args.batch, args.crop, args.sync_iterations) < 1 or args.warmup < 0:
         parser.error("--iterations, --batch, --crop and --sync-iterations must be >= 1, --warmup >= 0")
     return args

@@ -13,7 +13,8 @@ import torch
 from cordaseg.adaptation import adaptation_step
 from cordaseg.adaptation.ema import ema_alpha
 from cordaseg.adaptation.schedules import poly_lr
-from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
+from cordaseg.config import ConfigError
+from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig, load_train_config
 from cordaseg.engine.iteration import (
     IterationState,
     apply_sgd_flags,
@@ -196,3 +197,11 @@ def test_teacher_on_a_second_stream_gives_the_same_iteration():
         torch.testing.assert_close(a.step.loss, b.step.loss)
     assert_same_weights(overlapped, in_line)
     assert_same_weights(overlapped_teacher, in_line_teacher)
+
+
+def test_speed_options_load_from_overrides_and_bad_values_name_the_key():
+    cfg = load_train_config(None, ["optim.implementation=fused", "run.compile=true", "run.teacher_stream=false"])
+    assert (cfg.optim.implementation, cfg.run.compile, cfg.run.teacher_stream) == ("fused", True, False)
+    assert (TrainConfig().optim.implementation, TrainConfig().run.teacher_stream) == ("auto", True)
+    with pytest.raises(ConfigError, match="optim.implementation"):
+        load_train_config(None, ["optim.implementation=fastest"])

@@ -11,30 +11,15 @@ import argparse
 import os
 import sys
 
+from cordaseg.cli_types import positive_int, size_wxh
 from cordaseg.config import ConfigError
 from cordaseg.data.synth import FORMATS, REAL_SIZES
 
 DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x128 (W x H), got {text!r}") from None
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
-    return width, height
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -102,8 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "dataset, filled with simple street scenes whose depth matches their geometry.")
     synth.add_argument("--format", required=True, choices=FORMATS, help="dataset layout to write")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--num", type=_positive_int, default=4, help="frames (per split for Cityscapes; default 4)")
-    synth.add_argument("--size", type=_parse_size, default=None,
+    synth.add_argument("--num", type=positive_int, default=4, help="frames (per split for Cityscapes; default 4)")
+    synth.add_argument("--size", type=size_wxh, default=None,
                        help="frame size WxH (default: the real size of the format)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--depth", choices=("stereo", "mono"), default=None,
@@ -131,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--synthia-labels", choices=("mapped", "raw"), default="mapped",
                        help="SYNTHIA label files to check (default mapped)")
     check.add_argument("--list-file", default=None, help="check only the frames listed in this file")
-    check.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1),
+    check.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
                        help="decoding threads (default: up to 8)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=_check)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cordaseg.config import ConfigError
 from cordaseg.data import formats
 from cordaseg.data.labels import IGNORE_INDEX, PALETTE, SYNTHIA_TO_TRAIN, TRAIN_TO_CITYSCAPES_ID
 
@@ -243,14 +244,14 @@ def generate_tree(
     ``layout`` "official" or "trainvaltest" (the reference's folder names). Returns ``out``.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        raise ConfigError(f"format must be one of {FORMATS}, got {format!r}")
     if depth not in ("stereo", "mono", "both"):
-        raise ValueError(f"depth must be 'stereo', 'mono' or 'both', got {depth!r}")
+        raise ConfigError(f"depth must be 'stereo', 'mono' or 'both', got {depth!r}")
     if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
+        raise ConfigError(f"num must be at least 1, got {num}")
     width, height = size or REAL_SIZES[format]
     if width < 8 or height < 8:
-        raise ValueError(f"size must be at least 8x8, got {width}x{height}")
+        raise ConfigError(f"size must be at least 8x8, got {width}x{height}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

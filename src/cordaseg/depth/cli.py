@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x256 (W x H), got {text!r}") from None
-    return width, height
+from cordaseg.cli_types import size_wxh
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -77,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="depth file encoding (spec section 5)")
     export.add_argument("--out", default=None, help="root to write under (default: the --data tree itself)")
     export.add_argument("--split", default="train", help="Cityscapes split (default train)")
-    export.add_argument("--size", type=_parse_size, default=None,
+    export.add_argument("--size", type=size_wxh, default=None,
                         help="inference size WxH (default: the training size)")
     export.add_argument("--scale", type=float, default=None,
                         help="multiply predicted depth by this (default: 1 for stereo-trained checkpoints; "

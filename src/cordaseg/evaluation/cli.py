@@ -11,23 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cordaseg.cli_types import size_wxh
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
 from cordaseg.errors import CordasegError
 
 
-def _size(text: str) -> tuple[int, int]:
-    """``"1024x512"`` -> (1024, 512), (W, H)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 1024x512, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return width, height
-
-
 def _input_size(text: str) -> tuple[int, int] | None:
-    return None if text.lower() == "native" else _size(text)
+    return None if text.lower() == "native" else size_wxh(text)
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -51,8 +41,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
                    help="multi-scale TTA factors, e.g. 0.75,1,1.25 (default: 1, the paper)")
     g.add_argument("--flip", action="store_true", help="add horizontally flipped passes (TTA)")
     g.add_argument("--sliding-window", action="store_true", help="infer on overlapping crops")
-    g.add_argument("--window", type=_size, default=(512, 512), help="sliding-window crop WxH (default 512x512)")
-    g.add_argument("--stride", type=_size, default=(341, 341), help="sliding-window step WxH (default 341x341)")
+    g.add_argument("--window", type=size_wxh, default=(512, 512), help="sliding-window crop WxH (default 512x512)")
+    g.add_argument("--stride", type=size_wxh, default=(341, 341), help="sliding-window step WxH (default 341x341)")
 
 
 def _inference_config(args: argparse.Namespace):
@@ -80,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="split folder with --data-root (default: val)")
     p.add_argument("--depth", choices=("auto", "none", "stereo", "mono"), default="auto",
                    help="depth ground truth with --data-root: auto = stereo or mono files if every frame has them")
-    p.add_argument("--input-size", type=_size, default=None,
+    p.add_argument("--input-size", type=size_wxh, default=None,
                    help="resize images to WxH for the network (default: the dataset's eval_size, 1024x512)")
     p.add_argument("--output-size", choices=("full", "input"), default="full",
                    help="score at the full label resolution (paper) or at the input size (reference's cheaper variant)")

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cordaseg.cli_types import size_wxh
 from cordaseg.errors import CordasegError
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"size must look like 256x128 (WxH), got {text!r}") from err
-    return width, height
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source", type=int, default=500, help="source (GTA5-format) frames (default 500)")
     p.add_argument("--train", type=int, default=500, help="target train frames, stereo pairs (default 500)")
     p.add_argument("--val", type=int, default=100, help="target val frames with labels (default 100)")
-    p.add_argument("--size", type=_size, default=(256, 128), help="frame size WxH (default 256x128)")
+    p.add_argument("--size", type=size_wxh, default=(256, 128), help="frame size WxH (default 256x128)")
     p.add_argument("--shift", type=float, default=1.0, help="strength of the domain gap: 0 none, 1 full (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the layouts (default 0)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")

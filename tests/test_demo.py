@@ -135,3 +135,22 @@ def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
     assert (out / "world" / "world.json").is_file()
     assert (out / "runs" / "corda_init.pt").is_file()
     assert not (out / "runs" / "probe").exists()
+
+
+@pytest.mark.slow
+def test_self_supervised_target_depth_makes_a_readable_tree(tmp_path):
+    from cordaseg.data.datasets import DatasetConfig, build_dataset
+    from cordaseg.data.world import generate_world
+    from cordaseg.demo.pipeline import self_supervised_target_depth
+
+    _, target = generate_world(tmp_path / "world", 0, 3, 1, size=(128, 64), workers=0, progress=False)
+    cfg = load_demo_config(None, ["world.size=[128,64]", "crop=[64,64]"])
+    tree = self_supervised_target_depth(cfg, target, tmp_path / "runs", seconds=1.0, progress=False)
+    assert (tmp_path / "runs" / "depth_run").is_dir()
+    data = build_dataset(DatasetConfig(format="cityscapes", root=str(tree), split="train", depth="stereo",
+                                       use_labels=False, resize_scale=1.0, crop=(64, 64)), train=True)
+    assert len(data) == 3
+    depth = data[0]["depth"]
+    assert depth.shape == (64, 64)
+    # Exported network depth: finite, and valid (not the invalid value 1.0) almost everywhere.
+    assert torch.isfinite(depth).all() and (depth != 1.0).float().mean() > 0.9

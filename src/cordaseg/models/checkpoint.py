@@ -27,6 +27,7 @@ import torch
 from cordaseg.config import ConfigError, from_dict, to_dict
 from cordaseg.errors import CheckpointError
 from cordaseg.models.convert import (
+    check_keys,
     detect_variant,
     infer_shape_config,
     reference_to_project,
@@ -189,16 +190,5 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     """Strict load with a message that names the missing, unexpected or mis-shaped keys."""
     net = getattr(model, "module", model)
     target = net.state_dict()
-    missing = [k for k in target if k not in state]
-    extra = [k for k in state if k not in target]
-    wrong = [k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:5])}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra[:5])}")
-        if wrong:
-            parts.append(f"shape differs for {', '.join(wrong[:5])}")
-        raise CheckpointError(f"{path}: weights do not fit the model ({'; '.join(parts)})")
+    check_keys(state, target, [k for k in state if k not in target], what=f"{path}: weights")
     net.load_state_dict(state, strict=True)

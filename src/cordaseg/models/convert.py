@@ -151,7 +151,7 @@ def reference_to_project(
             unused.append(key)
             continue
         out[new] = value
-    _check_complete(out, target, unused, what="reference checkpoint")
+    check_keys(out, target, unused, what="reference checkpoint")
     return out
 
 
@@ -169,7 +169,11 @@ def project_to_reference(state: Mapping[str, torch.Tensor], arch: str) -> dict[s
     return out
 
 
-def _check_complete(out, target, unused, what: str) -> None:
+def check_keys(out: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], unused: list[str],
+               what: str) -> None:
+    """Refuse, naming the keys, a state that leaves a ``target`` key unfilled, has ``unused`` keys,
+    or a shape that differs from the target's."""
+    out = {k: v for k, v in out.items() if k in target}
     missing = [k for k in target if k not in out]
     wrong = [
         f"{k} {tuple(out[k].shape)} != {tuple(target[k].shape)}"
@@ -223,6 +227,6 @@ def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor] 
     for key in target:
         if key not in out and key.endswith("num_batches_tracked"):
             out[key] = target[key]
-    _check_complete(out, target, unused, what="DeepLab initialisation file")
+    check_keys(out, target, unused, what="DeepLab initialisation file")
     net.backbone.load_state_dict(out, strict=True)
     return {"loaded": loaded, "skipped": skipped}

@@ -22,7 +22,10 @@ first trains the self-supervised stereo depth network on the target pairs (spec 
 Time planning. The adaptation methods get ``adaptation_share`` of the training time and the
 same number of iterations each; source-only and the oracle share the rest, with the same number
 of iterations each. After the two source-supervised runs, the adaptation iterations are planned
-again from the time that is really left, so a machine that got slower or faster is accounted for.
+again from the time that is really left, scaled by how much slower or faster those two runs went
+than their probes said (the machine may be shared). ``source_iterations`` and
+``adaptation_iterations`` fix the counts instead (the benchmark does; with both set, nothing is
+probed and the budget is not used).
 """
 
 from __future__ import annotations

@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     per_seed: dict[int, dict[str, float]] = {}
     start = time.perf_counter()
     for seed in args.seeds:
+        # The figures in RESULTS.md use the tree's stereo-matcher depth for CorDA; pass
+        # target_depth=self_supervised (with depth_seconds) to train the depth network per seed.
         cfg = load_demo_config(args.config, [
-            *args.overrides, f"seed={seed}", f"world.seed={seed}", "minutes=100000",
+            "target_depth=stereo", *args.overrides, f"seed={seed}", f"world.seed={seed}", "minutes=100000",
             f"source_iterations={args.source_iterations}", f"adaptation_iterations={args.adaptation_iterations}",
         ])
         result = run_demo(cfg, Path(args.out) / f"seed{seed}", quiet=args.quiet)

@@ -146,7 +146,7 @@ def test_self_supervised_target_depth_makes_a_readable_tree(tmp_path):
     _, target = generate_world(tmp_path / "world", 0, 3, 1, size=(128, 64), workers=0, progress=False)
     cfg = load_demo_config(None, ["world.size=[128,64]", "crop=[64,64]"])
     tree = self_supervised_target_depth(cfg, target, tmp_path / "runs", seconds=1.0, progress=False)
-    assert (tmp_path / "runs" / "depth_run").is_dir()
+    assert (tmp_path / "runs" / "self_supervised_depth" / "depth_run" / "depth_last.pth").is_file()
     data = build_dataset(DatasetConfig(format="cityscapes", root=str(tree), split="train", depth="stereo",
                                        use_labels=False, resize_scale=1.0, crop=(64, 64)), train=True)
     assert len(data) == 3

@@ -24,11 +24,11 @@ import argparse
 import itertools
 import json
 import resource
-import sys
 import time
 
 import numpy as np
 import torch
+from presets import apply_preset, resolve_device
 
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.evaluation.inference import InferenceConfig
@@ -95,9 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true",
                         help="CPU preset for CI: ResNet-18, narrow heads, 64x128 images, 2 images, 1 thread")
     args = parser.parse_args(argv)
-    for key, value in (TINY if args.tiny else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_preset(args, TINY, FULL)
     if args.images < 1 or min(args.size) < 16:
         parser.error("--images must be >= 1 and --size at least 16x16")
     return args
@@ -105,12 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(args)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     height, width = args.size
     torch.manual_seed(0)

@@ -35,11 +35,11 @@ import copy
 import itertools
 import json
 import resource
-import sys
 import time
 import warnings
 
 import torch
+from presets import apply_preset, resolve_device
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
@@ -213,9 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true",
                         help="CPU preset for CI: ResNet-18, narrow heads, 64x64 crops, 2 timed iterations")
     args = parser.parse_args(argv)
-    for key, value in (TINY if args.tiny else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_preset(args, TINY, FULL)
     if min(args.iterations, args.batch, args.crop, args.sync_iterations) < 1 or args.warmup < 0:
         parser.error("--iterations, --batch, --crop and --sync-iterations must be >= 1, --warmup >= 0")
     return args
@@ -223,12 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(args)
     for precision, channels_last, compile_model, merged, teacher_stream in itertools.product(
         args.precision, args.channels_last, args.compile, args.merged, args.teacher_stream
     ):

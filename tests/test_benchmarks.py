@@ -68,6 +68,7 @@ def test_inference_benchmark_tiny_preset():
 
 @pytest.mark.slow
 def test_trainer_and_benchmark_share_the_iteration(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script imports its sibling presets.py
     spec = importlib.util.spec_from_file_location("train_step_benchmark", REPO / "benchmarks" / "train_step.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)

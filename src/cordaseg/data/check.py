@@ -62,6 +62,13 @@ class CheckReport:
         kinds = ", ".join(f"{by_kind[k]} {k.replace('_', ' ')}" for k in KINDS if by_kind[k])
         return f"{text}: {len(self.problems)} problems ({kinds})"
 
+    def print(self, where: str) -> bool:
+        """Print every problem, one line each, then the summary line for ``where``; True when clean."""
+        for problem in self.problems:
+            print(problem)
+        print(f"{where}: {self.summary()}")
+        return self.ok
+
 
 def _known_ids(cfg: DatasetConfig) -> np.ndarray:
     return np.asarray(SYNTHIA_KNOWN_IDS if cfg.format == "synthia" else CITYSCAPES_KNOWN_LABEL_IDS)

@@ -49,10 +49,7 @@ def _check(args: argparse.Namespace) -> int:
         split = "train" if args.split == "all" else args.split
         offsets = tuple(int(v) for v in args.frame_offsets.split(","))
         report = check_depth_tree(args.format, args.root, split=split, frame_offsets=offsets)
-        for problem in report.problems:
-            print(problem)
-        print(f"{args.format} ({args.root}): {report.summary()}")
-        return 0 if report.ok else 1
+        return 0 if report.print(f"{args.format} ({args.root})") else 1
 
     try:
         base = DatasetConfig(format=args.format, root=args.root,
@@ -69,11 +66,8 @@ def _check(args: argparse.Namespace) -> int:
     clean = True
     for cfg in configs:
         report = check_tree(cfg, workers=args.workers, progress=not args.no_progress)
-        for problem in report.problems:
-            print(problem)
         where = f"{cfg.format} {cfg.split}" if cfg.format == "cityscapes" else cfg.format
-        print(f"{where} ({cfg.root}): {report.summary()}")
-        clean = clean and report.ok
+        clean = report.print(f"{where} ({cfg.root})") and clean
     return 0 if clean else 1
 
 

@@ -41,10 +41,7 @@ def _check(args: argparse.Namespace) -> int:
 
     offsets = tuple(int(v) for v in args.frame_offsets.split(","))
     report = check_depth_tree(args.layout, args.root, split=args.split, frame_offsets=offsets)
-    for problem in report.problems:
-        print(problem)
-    print(f"{args.layout} ({args.root}): {report.summary()}")
-    return 0 if report.ok else 1
+    return 0 if report.print(f"{args.layout} ({args.root})") else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,29 @@
+"""What the benchmark scripts share: presets filled into unset options, and the device choice."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def apply_preset(args: argparse.Namespace, tiny: dict, full: dict) -> argparse.Namespace:
+    """Fill every option left unset (None) from the ``--tiny`` CPU preset or the full-size one."""
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    """``--device auto|cpu|cuda`` -> a device (auto: CUDA when present); set ``--threads``."""
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device

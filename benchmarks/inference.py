@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from presets import apply_preset, resolve_device
+from presets import apply_preset, flags, resolve_device
 
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.evaluation.inference import InferenceConfig
@@ -42,12 +42,6 @@ TINY = {"device": "cpu", "backbone": 18, "backbone_width": 16, "head_width": 32,
         "images": 2, "threads": 1}
 
 
-def flags(text: str) -> bool:
-    if text.lower() in ("1", "true", "on", "yes"):
-        return True
-    if text.lower() in ("0", "false", "off", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
 
 
 def synthetic_items(count: int, height: int, width: int, num_classes: int) -> list[dict]:

@@ -27,3 +27,12 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return device
+
+
+def flags(text: str) -> bool:
+    """An on/off option value: 1/true/on/yes or 0/false/off/no."""
+    if text.lower() in ("1", "true", "on", "yes"):
+        return True
+    if text.lower() in ("0", "false", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")

@@ -39,7 +39,7 @@ import time
 import warnings
 
 import torch
-from presets import apply_preset, resolve_device
+from presets import apply_preset, flags, resolve_device
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
@@ -179,12 +179,6 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
     }
 
 
-def flags(text: str) -> bool:
-    if text.lower() in ("1", "true", "on", "yes"):
-        return True
-    if text.lower() in ("0", "false", "off", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -373,24 +373,23 @@ def synthia_paths(root: str | Path, stem: str, labels: str = "mapped") -> Sample
 CITYSCAPES_LAYOUTS = ("official", "trainvaltest")
 
 
+def _cityscapes_package_dir(root: str | Path, name: str, layout: str) -> Path:
+    """``root/name`` (official) or ``root/name_trainvaltest/name`` (the reference tree's zip names)."""
+    if layout == "official":
+        return Path(root) / name
+    if layout == "trainvaltest":
+        return Path(root) / f"{name}_trainvaltest" / name
+    raise ValueError(f"cityscapes layout must be one of {CITYSCAPES_LAYOUTS}, got {layout!r}")
+
+
 def cityscapes_image_dir(root: str | Path, layout: str = "official") -> Path:
     """``leftImg8bit`` (official) or ``leftImg8bit_trainvaltest/leftImg8bit`` (reference tree)."""
-    root = Path(root)
-    if layout == "official":
-        return root / "leftImg8bit"
-    if layout == "trainvaltest":
-        return root / "leftImg8bit_trainvaltest" / "leftImg8bit"
-    raise ValueError(f"cityscapes layout must be one of {CITYSCAPES_LAYOUTS}, got {layout!r}")
+    return _cityscapes_package_dir(root, "leftImg8bit", layout)
 
 
 def cityscapes_label_dir(root: str | Path, layout: str = "official") -> Path:
     """``gtFine`` (official) or ``gtFine_trainvaltest/gtFine`` (reference tree)."""
-    root = Path(root)
-    if layout == "official":
-        return root / "gtFine"
-    if layout == "trainvaltest":
-        return root / "gtFine_trainvaltest" / "gtFine"
-    raise ValueError(f"cityscapes layout must be one of {CITYSCAPES_LAYOUTS}, got {layout!r}")
+    return _cityscapes_package_dir(root, "gtFine", layout)
 
 
 def detect_cityscapes_layout(root: str | Path) -> str:

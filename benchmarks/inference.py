@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from presets import apply_preset, flags, resolve_device
+from presets import add_model_args, apply_preset, flags, resolve_device
 
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.evaluation.inference import InferenceConfig
@@ -40,8 +40,6 @@ FULL = {"device": "auto", "backbone": 101, "backbone_width": 64, "head_width": 2
         "images": 20, "threads": 0}
 TINY = {"device": "cpu", "backbone": 18, "backbone_width": 16, "head_width": 32, "size": [64, 128],
         "images": 2, "threads": 1}
-
-
 
 
 def synthetic_items(count: int, height: int, width: int, num_classes: int) -> list[dict]:
@@ -74,10 +72,7 @@ def time_predict(model, images: list[np.ndarray], device, precision: str) -> flo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (tiny: cpu)")
-    parser.add_argument("--backbone", type=int, choices=(18, 34, 50, 101), help="ResNet depth: 101 (tiny: 18)")
-    parser.add_argument("--backbone-width", type=int, help="stem channels: 64 as in the paper (tiny: 16)")
-    parser.add_argument("--head-width", type=int, help="task branch channels: 256 as in the paper (tiny: 32)")
+    add_model_args(parser)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="network input size: 1024 2048 (tiny: 64 128)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))

@@ -8,6 +8,14 @@ import sys
 import torch
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The device and network-size options both speed benchmarks take (unset = from the preset)."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (tiny: cpu)")
+    parser.add_argument("--backbone", type=int, choices=(18, 34, 50, 101), help="ResNet depth: 101 (tiny: 18)")
+    parser.add_argument("--backbone-width", type=int, help="stem channels: 64 as in the paper (tiny: 16)")
+    parser.add_argument("--head-width", type=int, help="task branch channels: 256 as in the paper (tiny: 32)")
+
+
 def apply_preset(args: argparse.Namespace, tiny: dict, full: dict) -> argparse.Namespace:
     """Fill every option left unset (None) from the ``--tiny`` CPU preset or the full-size one."""
     for key, value in (tiny if args.tiny else full).items():

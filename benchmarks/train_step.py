@@ -39,7 +39,7 @@ import time
 import warnings
 
 import torch
-from presets import apply_preset, flags, resolve_device
+from presets import add_model_args, apply_preset, flags, resolve_device
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
@@ -179,14 +179,9 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
     }
 
 
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (tiny: cpu)")
-    parser.add_argument("--backbone", type=int, choices=(18, 34, 50, 101), help="ResNet depth: 101 (tiny: 18)")
-    parser.add_argument("--backbone-width", type=int, help="stem channels: 64 as in the paper (tiny: 16)")
-    parser.add_argument("--head-width", type=int, help="task branch channels: 256 as in the paper (tiny: 32)")
+    add_model_args(parser)
     parser.add_argument("--batch", type=int, default=2, help="source images per iteration (as many target)")
     parser.add_argument("--crop", type=int, help="square crop side in pixels: 512 (tiny: 64)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))

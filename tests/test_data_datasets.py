@@ -1,5 +1,6 @@
 """Datasets of spec section 5 on generated trees: decoded values, ID mappings, geometry, configs."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ from PIL import Image
 
 from cordaseg.config import ConfigError, from_dict, to_dict
 from cordaseg.data import formats, transforms
-from cordaseg.data.datasets import DatasetConfig, build_dataset, find_samples
+from cordaseg.data.datasets import NATIVE_DEPTH, DatasetConfig, build_dataset, find_samples, read_depth
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, SYNTHIA_ID_TO_TRAIN
 from cordaseg.data.normalization import CAFFE_MEAN_BGR
 from cordaseg.data.synth import generate_tree
@@ -94,9 +95,12 @@ def test_synthia_depth_and_both_label_kinds(tmp_path):
     assert raw_item["label"][0, 3] == 0 and raw_item["label"][2, 0] == 255
 
 
-def _reference_crop(array, resample, target, window, flip):
-    """Resize the whole frame with PIL, then crop: what the one-step geometry must equal."""
-    full = np.asarray(Image.fromarray(array).resize(target, transforms.RESAMPLE[resample]))
+def _reference_crop(array, resample, target, window, flip, library="pil"):
+    """Resize the whole frame with PIL or OpenCV, then crop: what the one-step geometry must equal."""
+    if library == "opencv":
+        full = cv2.resize(array, target, interpolation=transforms.CV2_INTERPOLATION[resample])
+    else:
+        full = np.asarray(Image.fromarray(array).resize(target, transforms.RESAMPLE[resample]))
     x0, y0, w, h = window
     crop = full[y0:y0 + h, x0:x0 + w]
     return crop[:, ::-1] if flip else crop
@@ -128,13 +132,15 @@ def test_crop_equals_crop_of_fully_resized_frame_per_modality(trees, fmt, image_
         expected_image = _reference_crop(image, image_rs, geometry.target_size, geometry.window, geometry.flip)
         got = item["image"].numpy().transpose(1, 2, 0) + np.float32(CAFFE_MEAN_BGR)
         assert np.abs(got - expected_image).max() <= 1.0 + 1e-3
-        from cordaseg.data.datasets import read_depth, read_label_train_ids
+        from cordaseg.data.datasets import read_label_train_ids
         label = read_label_train_ids(cfg, record.label)
         np.testing.assert_array_equal(item["label"].numpy(), _reference_crop(
             label, "nearest", geometry.target_size, geometry.window, geometry.flip))
         depth = read_depth(cfg.depth_kind, record.depth)
-        expected_depth = _reference_crop(depth, depth_rs, geometry.target_size, geometry.window, geometry.flip)
-        np.testing.assert_allclose(item["depth"].numpy(), expected_depth, rtol=1e-5)
+        # GTA5 and SYNTHIA depth: OpenCV on the whole decoded frame, as the reference, exactly.
+        expected_depth = _reference_crop(depth, depth_rs, geometry.target_size, geometry.window, geometry.flip,
+                                         "opencv")
+        np.testing.assert_array_equal(item["depth"].numpy(), expected_depth)
         source_values = set(np.unique(depth).tolist())
         new_values = set(np.unique(item["depth"].numpy()).tolist()) - source_values
         assert bool(new_values) == (depth_rs == "bilinear")  # nearest never invents values
@@ -144,6 +150,65 @@ def test_crop_equals_crop_of_fully_resized_frame_per_modality(trees, fmt, image_
         assert (label == 255).sum() >= 512 * 512 - inside.size
         assert (item["depth"].numpy() == 1.0).sum() >= 512 * 512 - inside.size
         assert np.abs(item["image"].numpy()[:, 0 if y0 < 0 else -1, :]).max() < 0.5  # mean colour padding
+
+
+REAL_SIZES = {"gta5": (1914, 1052), "synthia": (1280, 760)}
+
+
+def _real_size_tree_with_noisy_depth(fmt, root):
+    """One frame at the real size: noise image and labels, noisy depth with 5% of the pixels and
+    40x40 blocks on a 200-pixel grid exactly invalid (bilinear keeps 1.0 only inside a block)."""
+    generate_tree(fmt, root, 1, size=(16, 16))
+    record = find_samples(DatasetConfig(format=fmt, root=str(root)))[0]
+    width, height = REAL_SIZES[fmt]
+    rng = np.random.default_rng(9)
+    formats.write_rgb_png(record.image, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    label_ids = rng.integers(0, 34, (height, width), dtype=np.uint8)
+    raw = rng.integers(1, 65535, (height, width), dtype=np.uint16)
+    rows, cols = np.indices(raw.shape)
+    blocks = (rows % 200 < 40) & (cols % 200 < 40)
+    if fmt == "gta5":
+        formats.write_palette_label_png(record.label, label_ids)
+        raw[(rng.random(raw.shape) < 0.05) | blocks] = 0  # disparity 0 decodes to exactly 1.0
+        formats.write_uint16_png(record.depth, raw)
+    else:
+        formats.write_gray_label_png(record.label, label_ids)
+        raw[(rng.random(raw.shape) < 0.05) | blocks] = 65535  # 655.35 m decodes to exactly 1.0
+        formats.write_synthia_depth_png(record.depth, raw)
+    return record
+
+
+@pytest.mark.parametrize(("fmt", "interpolation"), [("gta5", cv2.INTER_LINEAR), ("synthia", cv2.INTER_NEAREST)])
+def test_training_depth_is_cv2_resize_of_the_full_frame_then_crop(tmp_path, fmt, interpolation):
+    record = _real_size_tree_with_noisy_depth(fmt, tmp_path / fmt)
+    full = cv2.resize(read_depth(NATIVE_DEPTH[fmt], record.depth), (1280, 720), interpolation=interpolation)
+    cfg = DatasetConfig(format=fmt, root=str(tmp_path / fmt))
+    assert cfg.depth_backend == "opencv"
+    pil_cfg = DatasetConfig(format=fmt, root=str(tmp_path / fmt), depth_resize="pil")
+    dataset, pil_dataset = build_dataset(cfg, train=True, seed=4), build_dataset(pil_cfg, train=True, seed=4)
+    for epoch in (0, 1, 2):
+        item = dataset[(epoch, 0)]
+        geometry = transforms.sample_geometry(np.random.default_rng([4, epoch, 0]), REAL_SIZES[fmt], (1280, 720),
+                                              (512, 512))
+        x0, y0, w, h = geometry.window
+        depth = item["depth"].numpy()
+        assert depth.dtype == np.float32
+        np.testing.assert_array_equal(depth, full[y0:y0 + h, x0:x0 + w])
+        assert (depth == 1.0).any()
+        # depth_resize=pil keeps the PIL path: the same crop, other values and other invalid pixels
+        pil_item = pil_dataset[(epoch, 0)]
+        torch.testing.assert_close(pil_item["image"], item["image"])
+        torch.testing.assert_close(pil_item["label"], item["label"])
+        pil_depth = pil_item["depth"].numpy()
+        assert not np.array_equal(pil_depth, depth) and not np.array_equal(pil_depth == 1.0, depth == 1.0)
+
+
+def test_depth_resize_reference_per_format_and_config_errors():
+    assert DatasetConfig(format="cityscapes").depth_backend == "pil"  # the reference's PIL crop transforms
+    assert DatasetConfig(format="cityscapes", depth_resize="opencv").depth_backend == "opencv"
+    assert DatasetConfig(format="synthia", depth_resize="pil").depth_backend == "pil"
+    with pytest.raises(ConfigError, match="depth_resize"):
+        from_dict(DatasetConfig, {"format": "gta5", "depth_resize": "scipy"})
 
 
 def test_randomness_depends_only_on_seed_epoch_and_index(trees):

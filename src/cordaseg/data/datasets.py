@@ -1,4 +1,5 @@
-"""GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes datasets with depth (spec section 5).
+"""GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes datasets with depth (the paper's experimental data,
+read and preprocessed as the reference code's ``data/*_dataset.py`` and ``data/cityscapes_loader.py``).
 
 :class:`DatasetConfig` selects a tree, its split, depth and label files and the preprocessing
 (defaults: the reference recipe of the format). :func:`find_samples` lists the frames with their
@@ -35,10 +36,13 @@ from cordaseg.errors import DataError
 # Reference geometry per format: fixed resize (W, H), or a scale of the frame.
 DEFAULT_RESIZE: dict[str, tuple[int, int] | None] = {"gta5": (1280, 720), "synthia": (1280, 720), "cityscapes": None}
 DEFAULT_RESIZE_SCALE: dict[str, float | None] = {"gta5": None, "synthia": None, "cityscapes": 0.5}
-# Interpolation per modality and format (spec section 5).
+# Interpolation per modality and format, as the reference code resizes each file.
 IMAGE_RESAMPLE = {"gta5": "bicubic", "synthia": "bicubic", "cityscapes": "bilinear"}
 LABEL_RESAMPLE = "nearest"
 DEPTH_RESAMPLE = {"gta5": "bilinear", "synthia": "nearest", "cityscapes": "nearest"}
+# The library the reference resizes depth with: cv2.resize for GTA5 and SYNTHIA, PIL (through
+# scipy.misc.imresize and its crop transforms) for Cityscapes.
+REFERENCE_DEPTH_RESIZE: dict[str, transforms.Backend] = {"gta5": "opencv", "synthia": "opencv", "cityscapes": "pil"}
 # Which depth file "native" means.
 NATIVE_DEPTH = {"gta5": "disparity", "synthia": "synthia", "cityscapes": "stereo"}
 
@@ -50,7 +54,7 @@ class DatasetConfig:
     format: Literal["gta5", "synthia", "cityscapes"] = "gta5"
     """Dataset kind, which fixes the layout, encodings and default preprocessing."""
     root: str = ""
-    """Root folder of the tree (spec section 5 layouts)."""
+    """Root folder of the tree (the layout of ``format``; see :mod:`cordaseg.data.formats`)."""
     split: Literal["train", "val"] = "train"
     """Cityscapes split folder; GTA5 and SYNTHIA have no split folders (use ``list_file``)."""
     depth: Literal["none", "native", "stereo", "mono"] = "native"
@@ -74,6 +78,10 @@ class DatasetConfig:
     """Random scale jitter on top of the resize (the paper uses none)."""
     flip: bool = False
     """Random horizontal flip (the paper uses none)."""
+    depth_resize: Literal["reference", "opencv", "pil"] = "reference"
+    """Library of the training depth resize: "opencv" (``cv2.resize``, no antialiasing: the reference
+    for GTA5 and SYNTHIA), "pil" (PIL, antialiased, only the crop window is resampled: the reference
+    for Cityscapes), or "reference" = the reference's choice for ``format``."""
     mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
     """Mean subtracted from the BGR image on the 0..255 scale."""
     eval_size: tuple[int, int] | None = (1024, 512)
@@ -99,6 +107,11 @@ class DatasetConfig:
     def depth_kind(self) -> str:
         """"none", "disparity" (GTA5), "synthia", "stereo" or "mono"."""
         return NATIVE_DEPTH[self.format] if self.depth == "native" else self.depth
+
+    @property
+    def depth_backend(self) -> transforms.Backend:
+        """"opencv" or "pil": the library that resizes training depth."""
+        return REFERENCE_DEPTH_RESIZE[self.format] if self.depth_resize == "reference" else self.depth_resize
 
     def target_resize(self) -> tuple[tuple[int, int] | None, float | None]:
         if self.resize is None and self.resize_scale is None:
@@ -304,7 +317,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         fill = tuple(int(round(m)) for m in self.cfg.mean_bgr)
         image = transforms.apply_geometry(frame.image_bgr, geometry, IMAGE_RESAMPLE[fmt], fill)
         out_h, out_w = image.shape[:2]
-        # ID mapping and depth decoding run inside apply_geometry, on the cropped region only.
+        # ID mapping and depth decoding run inside apply_geometry (on the cropped region only with PIL).
         if frame.label is None:
             label = np.full((out_h, out_w), IGNORE_INDEX, dtype=np.uint8)
         else:
@@ -315,7 +328,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             depth = np.ones((out_h, out_w), dtype=np.float32)
         else:
             depth = transforms.apply_geometry(frame.depth, geometry, DEPTH_RESAMPLE[fmt], formats.INVALID_DEPTH,
-                                              convert=DEPTH_DECODERS[self.cfg.depth_kind])
+                                              convert=DEPTH_DECODERS[self.cfg.depth_kind],
+                                              backend=self.cfg.depth_backend)
         return image, label, depth
 
     def _eval_geometry(self, frame: RawFrame):

@@ -1,16 +1,29 @@
-"""Training-time geometry of the reference preprocessing (spec section 5, "Training-time geometry").
+"""Training-time geometry of the reference preprocessing (the paper's implementation details;
+the reference code's ``data/gta5_dataset.py``, ``data/synthia_dataset.py`` and ``data/augmentations.py``).
 
 A frame is resized to a target size (GTA5 / SYNTHIA: 1280x720; Cityscapes: half size), then a
 random crop is taken (512x512 by default), with an optional scale jitter and horizontal flip.
 Each modality has its own interpolation (images bicubic or bilinear, labels nearest, depth
-bilinear or nearest).
+bilinear or nearest) and its own resizing library, as in the reference:
 
-Resize-then-crop is computed in one step: only the crop window is resampled, with PIL's ``box``
-argument, which maps output pixels to the same source coordinates and uses the same filter
-taps as resizing the whole frame, so the result equals cropping the fully resized frame while
-doing a fraction of the work. PIL's filters are antialiased when downscaling. Where the window
-extends past the resized frame (small frames, large crops), the rest is filled with a padding
-value (ignore label, invalid depth, mean colour).
+- ``backend="pil"`` (images, labels, Cityscapes depth): resize-then-crop is computed in one step.
+  Only the crop window is resampled, with PIL's ``box`` argument, which maps output pixels to the
+  same source coordinates and uses the same filter taps as resizing the whole frame; nearest
+  resampling is done with PIL's index arithmetic (:func:`_nearest_indices`). Labels (nearest) are
+  exactly the crop of the fully resized frame. 8-bit bicubic images differ by at most one grey
+  level on a few values (PIL's fixed-point passes round a window differently from the full
+  frame): on generated street scenes at the real sizes, 0.015% of the values of 512x512 crops
+  (GTA5 1914x1052 -> 1280x720) and 0.008% (SYNTHIA 1280x760 -> 1280x720), over 3 frames x 10
+  crops each of ``python benchmarks/resize_parity.py``. PIL's filters are antialiased when
+  downscaling.
+- ``backend="opencv"`` (GTA5 and SYNTHIA depth): the whole frame is converted and resized with
+  ``cv2.resize`` (``INTER_LINEAR`` without antialiasing, ``INTER_NEAREST`` with OpenCV's source
+  rows), then cropped, exactly as the reference. PIL's filters would give other values (its
+  bilinear averages more source pixels when shrinking, its nearest picks other rows of a
+  760-row frame for half of 720 output rows) and so other depth targets and other invalid pixels.
+
+Where the window extends past the resized frame (small frames, large crops), the rest is filled
+with a padding value (ignore label, invalid depth, mean colour).
 
 All randomness comes from a ``numpy.random.Generator`` the caller seeds from (seed, epoch, index).
 """
@@ -19,7 +32,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -29,6 +44,13 @@ RESAMPLE: dict[str, Image.Resampling] = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+# The same names -> OpenCV flags (no antialiasing; nearest takes source pixel floor(x * scale)).
+CV2_INTERPOLATION: dict[str, int] = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+}
+Backend = Literal["pil", "opencv"]
 
 
 @dataclass(frozen=True)
@@ -78,12 +100,17 @@ def sample_geometry(
     return Geometry(tuple(source_size), (width, height), window, mirrored)
 
 
-def _to_pil(array: np.ndarray) -> Image.Image:
-    """(H, W) uint8 -> "L", (H, W) float32 -> "F", (H, W, 3) uint8 -> "RGB" (any channel order)."""
+def _check_resamplable(array: np.ndarray) -> None:
+    """Both backends resample (H, W) uint8 / float32 and (H, W, 3) uint8 arrays."""
     supported = (array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2:] == (3,))) or (
         array.dtype == np.float32 and array.ndim == 2)
     if not supported:
         raise ValueError(f"cannot resample arrays of {array.dtype} with shape {array.shape}")
+
+
+def _to_pil(array: np.ndarray) -> Image.Image:
+    """(H, W) uint8 -> "L", (H, W) float32 -> "F", (H, W, 3) uint8 -> "RGB" (any channel order)."""
+    _check_resamplable(array)
     return Image.fromarray(np.ascontiguousarray(array))
 
 
@@ -130,44 +157,68 @@ def source_region(geometry: Geometry, resample: str) -> tuple[int, int, int, int
     return x0, y0, x1, y1
 
 
-def apply_geometry(
-    array: np.ndarray,
-    geometry: Geometry,
-    resample: str,
-    fill: float | tuple[float, ...],
-    convert: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """Resize ``array`` ((H, W[, C])) to the target size and crop the window, padding with ``fill``
-    outside the frame; then flip if the geometry says so.
-
-    ``convert`` (e.g. an ID lookup or a depth decoder) is applied to the source pixels first, but
-    only to the region the crop reads; the result must be (H, W) uint8 / float32 or (H, W, 3) uint8.
-    """
-    if array.shape[:2] != geometry.source_size[::-1]:
-        # A partner file of another size (a known GTA5 defect): resample it from its own size.
-        geometry = Geometry((array.shape[1], array.shape[0]), geometry.target_size, geometry.window,
-                            geometry.flip)
+def _visible_pil(array: np.ndarray, geometry: Geometry, resample: str,
+                 convert: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """The visible part of the crop window, resampled with PIL from the source region it reads."""
     source_w, source_h = geometry.source_size
     target_w, target_h = geometry.target_size
-    x0, y0, crop_w, crop_h = geometry.window
     vx0, vy0, vx1, vy1 = _visible(geometry)
     sx0, sy0, sx1, sy1 = source_region(geometry, resample)
     region = array[sy0:sy1, sx0:sx1]
     if convert is not None:
         region = convert(region)
     if (vx0, vy0, vx1, vy1) == (0, 0, target_w, target_h) and (target_w, target_h) == (source_w, source_h):
-        inside = region
-    elif resample == "nearest":
+        return region
+    if resample == "nearest":
         # Index arithmetic of PIL's nearest filter, computed for the whole frame and sliced, so
         # the crop equals the crop of the full resize exactly.
         rows = _nearest_indices(source_h, target_h)[vy0:vy1] - sy0
         cols = _nearest_indices(source_w, target_w)[vx0:vx1] - sx0
-        inside = region[rows[:, None], cols[None, :]]
-    else:
-        scale_x, scale_y = source_w / target_w, source_h / target_h
-        box = (vx0 * scale_x - sx0, vy0 * scale_y - sy0, vx1 * scale_x - sx0, vy1 * scale_y - sy0)
-        # np.array, not np.asarray: PIL's buffer is read-only and torch needs writable memory.
-        inside = np.array(_to_pil(region).resize((vx1 - vx0, vy1 - vy0), RESAMPLE[resample], box=box))
+        return region[rows[:, None], cols[None, :]]
+    scale_x, scale_y = source_w / target_w, source_h / target_h
+    box = (vx0 * scale_x - sx0, vy0 * scale_y - sy0, vx1 * scale_x - sx0, vy1 * scale_y - sy0)
+    # np.array, not np.asarray: PIL's buffer is read-only and torch needs writable memory.
+    return np.array(_to_pil(region).resize((vx1 - vx0, vy1 - vy0), RESAMPLE[resample], box=box))
+
+
+def _visible_opencv(array: np.ndarray, geometry: Geometry, resample: str,
+                    convert: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """The visible part of the crop window, cut from the whole frame converted then resized with
+    ``cv2.resize``, the order of the reference (decode, resize, crop)."""
+    frame = array if convert is None else convert(array)
+    _check_resamplable(frame)
+    if frame.shape[1::-1] != geometry.target_size:
+        frame = cv2.resize(frame, geometry.target_size, interpolation=CV2_INTERPOLATION[resample])
+    vx0, vy0, vx1, vy1 = _visible(geometry)
+    return frame[vy0:vy1, vx0:vx1]
+
+
+def apply_geometry(
+    array: np.ndarray,
+    geometry: Geometry,
+    resample: str,
+    fill: float | tuple[float, ...],
+    convert: Callable[[np.ndarray], np.ndarray] | None = None,
+    backend: Backend = "pil",
+) -> np.ndarray:
+    """Resize ``array`` ((H, W[, C])) to the target size and crop the window, padding with ``fill``
+    outside the frame; then flip if the geometry says so.
+
+    ``convert`` (e.g. an ID lookup or a depth decoder) is applied to the source pixels first; the
+    result must be (H, W) uint8 / float32 or (H, W, 3) uint8. With ``backend="pil"`` only the
+    source region the crop reads is converted and resampled; with ``backend="opencv"`` the whole
+    frame is converted and resized with OpenCV, then cropped (see the module docstring).
+    """
+    if backend not in ("pil", "opencv"):
+        raise ValueError(f"backend must be 'pil' or 'opencv', got {backend!r}")
+    if array.shape[:2] != geometry.source_size[::-1]:
+        # A partner file of another size (a known GTA5 defect): resample it from its own size.
+        geometry = Geometry((array.shape[1], array.shape[0]), geometry.target_size, geometry.window,
+                            geometry.flip)
+    x0, y0, crop_w, crop_h = geometry.window
+    vx0, vy0, vx1, vy1 = _visible(geometry)
+    visible = _visible_opencv if backend == "opencv" else _visible_pil
+    inside = visible(array, geometry, resample, convert)
     if (vx0, vy0, vx1, vy1) == (x0, y0, x0 + crop_w, y0 + crop_h):
         out = inside
     else:

@@ -104,9 +104,16 @@ def plain_step(student, teacher, batch, cfg: AdaptationConfig, iteration: int, d
     q = (confidence >= cfg.confidence_threshold).sum() / confidence.numel()
     w_conf = mask + (1 - mask) * q
     with torch.no_grad():
-        score = torch.relu(1 - (d_src - d).abs() / mixed_depth) + 1e-3
-        w_depth = torch.clip(score + (mixed_depth == 1.0).float(), 0, 1)
-    weight = w_conf * w_depth / w_depth.mean()
+        if cfg.depth_weight == "per_image":
+            score = torch.relu(1 - (d_src - d).abs() / mixed_depth) + 1e-3
+            w_depth = torch.clip(score + (mixed_depth == 1.0).float(), 0, 1)
+        else:
+            # As the reference broadcasts it: predictions (B, 1, H, W) against the target (B, H, W)
+            # give (B, B, H, W), indexed [i, j] by the predicting image i and the target image j.
+            diff = (d_src - d).abs()[:, None]
+            score = torch.relu(1 - diff / mixed_depth) + 1e-3
+            w_depth = torch.clip(score + (mixed_depth == 1.0).float(), 0, 1)
+    weight = w_conf * w_depth / w_depth.mean()  # (B, H, W), or (B, B, H, W) broadcast over i
 
     # 7. mixed loss
     def weighted_ce(logits):
@@ -156,8 +163,8 @@ def models():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("iteration", [10, 30_000])  # initial semantic head, then the final one
-def test_optimised_step_equals_plain_implementation(models, iteration):
+@pytest.mark.parametrize("iteration,depth_weight", [(10, "reference_cross_batch"), (30_000, "per_image")])
+def test_optimised_step_equals_plain_implementation(models, iteration, depth_weight):
     student, teacher = models
     batch = make_batch(seed=iteration)
     # A threshold at the teacher's median confidence makes the confidence fraction non-trivial.
@@ -166,7 +173,7 @@ def test_optimised_step_equals_plain_implementation(models, iteration):
         logits = out.semantic_initial if iteration < 25_001 else out.semantic
         probability = torch.softmax(F.interpolate(logits, (SIZE, SIZE), mode="bilinear", align_corners=True), 1)
         threshold = float(probability.max(dim=1).values.median())
-    cfg = AdaptationConfig(confidence_threshold=threshold)
+    cfg = AdaptationConfig(confidence_threshold=threshold, depth_weight=depth_weight)
 
     seed = 1234 + iteration
     draws = draw_step_randomness(3, cfg.augmentation, torch.Generator().manual_seed(seed))
@@ -203,7 +210,7 @@ def test_step_with_generator_equals_step_with_its_draws(models):
         copy.deepcopy(student), copy.deepcopy(teacher), batch, cfg, 10, torch.Generator().manual_seed(99),
         with_visuals=True,
     )
-    draws = draw_step_randomness(3, cfg.augmentation, torch.Generator().manual_seed(99))
+    draws = draw_step_randomness(3, cfg.augmentation, torch.Generator().manual_seed(99), cfg.augment_decision)
     from_draws = adaptation_step(
         copy.deepcopy(student), copy.deepcopy(teacher), batch, cfg, 10, torch.Generator(), draws=draws,
         with_visuals=True,

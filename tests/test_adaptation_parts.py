@@ -52,6 +52,55 @@ def test_depth_weight_hand_computed_with_invalid_depth():
     assert not weight.requires_grad  # no gradient through the weight
 
 
+def test_depth_weight_both_forms_hand_computed_for_a_batch_of_two():
+    # One pixel per image. Image 0: D_src 3, D 2 (diff 1), d_m 2; image 1: D_src 1, D 1 (diff 0),
+    # d_m 1 (invalid).
+    depth_source = torch.tensor([[[3.0]], [[1.0]]])
+    depth_target = torch.tensor([[[2.0]], [[1.0]]])
+    mixed_depth = torch.tensor([[[2.0]], [[1.0]]])
+    per_image = depth_weight(depth_source, depth_target, mixed_depth, 1e-3, 1.0, form="per_image")
+    # image 0: relu(1 - 1/2) + 1e-3 = 0.501; image 1: invalid -> 1
+    torch.testing.assert_close(per_image, torch.tensor([[[0.501]], [[1.0]]]))
+    # cross-batch dw[i, j] = clip(relu(1 - diff_i / d_j) + 1e-3 + [d_j == 1], 0, 1):
+    #   dw[0, 0] = 0.501; dw[1, 0] = relu(1 - 0/2) + 1e-3 -> 1; dw[0, 1] = dw[1, 1] = 1 (invalid)
+    # image j is weighted by the mean over i: j=0 -> (0.501 + 1) / 2 = 0.7505, j=1 -> 1
+    cross = depth_weight(depth_source, depth_target, mixed_depth, 1e-3, 1.0, form="reference_cross_batch")
+    torch.testing.assert_close(cross, torch.tensor([[[0.7505]], [[1.0]]]))
+
+    # The loss: mean over i, j, pixels of CE_j * w_conf_j * dw[i, j] / mean(dw), with CE_j and
+    # w_conf_j made up; mean(dw) = (0.501 + 1 + 1 + 1) / 4 = 0.87525.
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), 0.0]]).view(2, 2, 1, 1)
+    label = torch.tensor([[[0]], [[0]]])
+    ce = [math.log(4.0), math.log(1.5)]  # -log softmax of class 0 for each image
+    conf = torch.tensor([[[0.5]], [[1.0]]])
+    dw = [[0.501, 1.0], [1.0, 1.0]]
+    mean_dw = 0.87525
+    hand = sum(ce[j] * float(conf[j]) * dw[i][j] / mean_dw for i in range(2) for j in range(2)) / 4
+    loss = weighted_cross_entropy(logits, label, pixel_weight(conf, cross), 255)
+    assert loss.item() == pytest.approx(hand, rel=1e-6)
+    # For a batch of one, both forms agree.
+    one = (depth_source[:1], depth_target[:1], mixed_depth[:1])
+    torch.testing.assert_close(depth_weight(*one, form="per_image"), depth_weight(*one, form="reference_cross_batch"))
+
+
+def test_augmentation_decisions_per_batch_are_shared_and_per_image_vary():
+    aug = AugmentationConfig()
+    shared = [draw_step_randomness(4, aug, torch.Generator().manual_seed(s), "per_batch") for s in range(40)]
+    for d in shared:
+        assert d.jitter_gate.shape == (4,) and d.blur_gate.shape == (4,)
+        assert bool(d.jitter_gate.all()) or not bool(d.jitter_gate.any())
+        assert bool(d.blur_gate.all()) or not bool(d.blur_gate.any())
+    # the factors are still drawn per image
+    assert any(len(set(d.brightness.tolist())) == 4 for d in shared)
+    # both outcomes of each gate occur over the iterations
+    assert {bool(d.jitter_gate[0]) for d in shared} == {True, False}
+    assert {bool(d.blur_gate[0]) for d in shared} == {True, False}
+    mixed = [draw_step_randomness(4, aug, torch.Generator().manual_seed(s), "per_image") for s in range(40)]
+    assert any(0 < int(d.blur_gate.sum()) < 4 for d in mixed)
+    # the step takes the decision from its config
+    assert AdaptationConfig().augment_decision == "per_batch"
+
+
 def test_pixel_weight_normalises_depth_weight_by_its_mean_including_ignore_pixels():
     # The depth weight is computed on every pixel, ignored ones too, and its mean counts them all;
     # the weighted CE then gives ignored pixels a zero loss.

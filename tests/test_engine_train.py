@@ -89,9 +89,11 @@ def test_corda_runs_20_iterations_end_to_end(trees, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "best.pt").is_file()
     saved = ckpt.load_checkpoint(result.last_checkpoint)  # weights_only
     assert saved["iteration"] == 20 and saved["config"]["run"]["out_dir"] == str(run)
-    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == pytest.approx(
-        [poly_lr(cfg.optim.lr, 19, 20, 0.9), 10 * poly_lr(cfg.optim.lr, 19, 20, 0.9)]
-    )
+    lr = poly_lr(cfg.optim.lr, 19, 20, 0.9)
+    groups = saved["optimizer"]["param_groups"]  # backbone by reference multiplicity (1x, 3x, 4x), heads
+    assert [(g["name"], g["multiplicity"]) for g in groups] == [
+        ("backbone_x1", 1), ("backbone_x3", 3), ("backbone_x4", 4), ("heads", 1)]
+    assert [g["lr"] for g in groups] == pytest.approx([lr, lr, lr, 10 * lr])
     model, model_cfg = load_model(result.last_checkpoint)
     assert model_cfg == cfg.model
     for name, value in model.state_dict().items():

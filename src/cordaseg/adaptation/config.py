@@ -21,7 +21,7 @@ class AugmentationConfig:
     """Strong augmentation of the mixed image (spec section 3.4; kornia ColorJiggle semantics)."""
 
     jitter_p: float = 0.8
-    """Probability, per mixed image, of applying the colour jitter."""
+    """Probability of applying the colour jitter (per batch or per image: ``adaptation.augment_decision``)."""
     brightness: float = 0.25
     """Brightness factor drawn from U(1 - b, 1 + b); applied additively as ``factor - 1`` on [0, 1] values."""
     contrast: float = 0.25
@@ -31,7 +31,7 @@ class AugmentationConfig:
     hue: float = 0.25
     """Hue shift drawn from U(-h, h), in turns of the hue circle (at most 0.5)."""
     blur_p: float = 0.5
-    """Probability, per mixed image, of applying the Gaussian blur (after the jitter)."""
+    """Probability of applying the Gaussian blur, after the jitter (per batch or per image, as the jitter)."""
     blur_sigma_min: float = 0.15
     """Lower bound of the blur's standard deviation, drawn uniformly per image."""
     blur_sigma_max: float = 1.15
@@ -73,6 +73,11 @@ class AdaptationConfig:
     """The confidence weight is the fraction of target pixels whose top softmax probability is at least this."""
     depth_weighting: bool = True
     """Weight pseudo-labels by the depth discrepancy of the two depth decoders (off: ablation "no depth weighting")."""
+    depth_weight: Literal["reference_cross_batch", "per_image"] = "reference_cross_batch"
+    """Form of the depth-based weight: 'reference_cross_batch' (the reference's broadcast over
+    every pair of images of the per-process batch, with which the published models were
+    trained) or 'per_image' (the paper's formula). Equal for a batch of one; see
+    docs/reference-behaviour.md."""
     depth_weight_floor: float = 1e-3
     """Added to the depth-based weight before clipping, so no pixel gets exactly zero weight."""
     source_depth_weight: float = 0.01
@@ -96,6 +101,10 @@ class AdaptationConfig:
     Batch-norm statistics are then shared by both halves, which changes the training dynamics."""
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     """Strong augmentation of the mixed image."""
+    augment_decision: Literal["per_batch", "per_image"] = "per_batch"
+    """Whether the jitter and blur apply / don't-apply decisions are drawn once per iteration and
+    shared by the batch ('per_batch', the reference) or drawn per mixed image ('per_image'). The
+    jitter factors and the blur sigma are drawn per image either way."""
 
     def __post_init__(self) -> None:
         if self.initial_head_until < 0:

@@ -9,18 +9,21 @@ Order of the draws (each ``torch.rand`` on the generator, B = batch size):
 
 1. ``class_scores``   (B, 256): a uniform score per label value; ClassMix pastes the ceil(n/2)
    present classes with the lowest scores, i.e. a uniformly random subset without replacement.
-2. ``jitter_gate``    (B,): u < jitter_p applies the colour jitter to image b.
+2. ``jitter_gate``    (B,): u < jitter_p applies the colour jitter to image b. With
+   ``decision="per_batch"`` (the reference) one u is drawn and shared by the batch.
 3. ``brightness``, ``contrast``, ``saturation``, ``hue`` (B,) each: factors, u mapped linearly
    onto [1 - b, 1 + b] (hue: [-h, h]).
 4. ``jitter_order``   (B, 4): argsort of 4 uniforms per image, a random permutation of
    (brightness, contrast, saturation, hue), as kornia's ColorJiggle draws per call.
-5. ``blur_gate``      (B,): u < blur_p applies the Gaussian blur to image b.
+5. ``blur_gate``      (B,): u < blur_p applies the Gaussian blur to image b (one shared u with
+   ``decision="per_batch"``).
 6. ``blur_sigma``     (B,): sigma, u mapped onto [sigma_min, sigma_max].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -54,25 +57,35 @@ def _uniform(low: float, high: float, u: torch.Tensor) -> torch.Tensor:
     return low + (high - low) * u
 
 
-def draw_step_randomness(batch_size: int, aug: AugmentationConfig, generator: torch.Generator) -> StepDraws:
+def draw_step_randomness(batch_size: int, aug: AugmentationConfig, generator: torch.Generator,
+                         decision: Literal["per_batch", "per_image"] = "per_image") -> StepDraws:
     """Draw all random numbers of one iteration, in the order of the module docstring.
 
-    The tensors live on ``generator.device``.
+    ``decision``: draw the jitter and blur gates once for the batch or once per image. The
+    tensors live on ``generator.device``.
     """
     device = generator.device
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator, device=device)
 
+    if decision not in ("per_batch", "per_image"):
+        raise ValueError(f"augmentation decision must be 'per_batch' or 'per_image', got {decision!r}")
+
+    def gate(p: float) -> torch.Tensor:
+        if decision == "per_batch":
+            return (rand(1) < p).expand(b)  # (B,): one decision shared by the batch
+        return rand(b) < p
+
     b = batch_size
     class_scores = rand(b, NUM_LABEL_VALUES)
-    jitter_gate = rand(b) < aug.jitter_p
+    jitter_gate = gate(aug.jitter_p)
     brightness = _uniform(1.0 - aug.brightness, 1.0 + aug.brightness, rand(b))
     contrast = _uniform(1.0 - aug.contrast, 1.0 + aug.contrast, rand(b))
     saturation = _uniform(1.0 - aug.saturation, 1.0 + aug.saturation, rand(b))
     hue = _uniform(-aug.hue, aug.hue, rand(b))
     jitter_order = rand(b, 4).argsort(dim=1)
-    blur_gate = rand(b) < aug.blur_p
+    blur_gate = gate(aug.blur_p)
     blur_sigma = _uniform(aug.blur_sigma_min, aug.blur_sigma_max, rand(b))
     return StepDraws(
         class_scores=class_scores,

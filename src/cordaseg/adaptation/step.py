@@ -234,7 +234,7 @@ def adaptation_step(
     if cfg.uses_depth:
         _require(batch, "source_depth")
     if draws is None:
-        draws = draw_step_randomness(b, cfg.augmentation, generator)
+        draws = draw_step_randomness(b, cfg.augmentation, generator, cfg.augment_decision)
     draws = draws.to(source_image.device)
 
     # Step 3: pseudo-labels from the EMA teacher on the unaugmented target (not read before
@@ -282,7 +282,8 @@ def adaptation_step(
             and pred_mix.depth is not None
         ):
             depth_w = depth_weight(
-                pred_mix.depth_source, pred_mix.depth, mixed_depth, cfg.depth_weight_floor, cfg.invalid_depth
+                pred_mix.depth_source, pred_mix.depth, mixed_depth, cfg.depth_weight_floor, cfg.invalid_depth,
+                cfg.depth_weight,
             )
             terms["depth_weight_mean"] = depth_w.mean()
         weight = pixel_weight(conf_w, depth_w)

@@ -46,7 +46,7 @@ from torch.utils.data import Subset
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from cordaseg.data.datasets import DatasetConfig, build_dataset
 from cordaseg.data.world.export import WorldConfig, generate_world_from_config
-from cordaseg.engine.config import TrainConfig
+from cordaseg.engine.config import TrainConfig, train_config_from_dict
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import train
 from cordaseg.errors import CheckpointError
@@ -254,7 +254,7 @@ def train_config(cfg: DemoConfig, method: str, source_root: Path, target_root: P
         "logging": {"every": max(1, min(log_every, iterations)), "image_every": 0, "tensorboard": False,
                     "progress": progress},
     }
-    return from_dict(TrainConfig, data)
+    return train_config_from_dict(data)
 
 
 def val_dataset(cfg: DemoConfig, target_root: Path):

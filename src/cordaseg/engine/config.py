@@ -55,6 +55,11 @@ class OptimConfig:
     """SGD kernels, same update either way: 'fused' (one kernel for all parameters), 'foreach'
     (a few multi-tensor kernels), 'for_loop' (one update per tensor); 'auto' = fused on CUDA,
     PyTorch's default elsewhere."""
+    param_multiplicity: Literal["reference", "once"] = "reference"
+    """'reference': each backbone tensor is updated as many times per step as the reference's
+    parameter list names it (stem conv 1x, residual-block convs 3x, projection convs 4x; about 3x
+    the nominal backbone step and weight decay), as the published models were trained; 'once':
+    every tensor updated once (plain SGD, the paper's text). See docs/reference-behaviour.md."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -155,6 +160,51 @@ class LoggingConfig:
             raise ConfigError("logging: every must be >= 1 and image_every >= 0")
 
 
+FIDELITY_SWITCHES: dict[str, dict[str, object]] = {
+    "optim.param_multiplicity": {"reference": "reference", "paper": "once"},
+    "adaptation.depth_weight": {"reference": "reference_cross_batch", "paper": "per_image"},
+    "adaptation.augment_decision": {"reference": "per_batch", "paper": "per_image"},
+    "adaptation.classmix_ignore_as_class": {"reference": True, "paper": False},
+    "model.aspp_branches": {"reference": 2, "paper": 4},
+    "model.head_bias_init": {"reference": "uniform", "paper": "zero"},
+}
+"""The keys that ``recipe.fidelity`` sets, with their value in each mode (docs/reference-behaviour.md)."""
+
+
+@dataclass
+class RecipeConfig:
+    """Which behaviour to follow where the reference code differs from the paper's text."""
+
+    fidelity: Literal["reference", "paper"] = "reference"
+    """'reference': train as the reference code trained the published models (parameter
+    multiplicity, cross-batch depth weight, per-batch augmentation decisions, ignore value as a
+    ClassMix class, two-branch ASPP, default head-bias initialisation); 'paper': the paper's text
+    and plain framework semantics. Sets every key of ``FIDELITY_SWITCHES`` that the config does
+    not set itself, so each one can still be overridden; the saved config holds the result."""
+
+
+def apply_fidelity(data: dict) -> dict:
+    """Fill the keys of :data:`FIDELITY_SWITCHES` that ``data`` leaves unset from ``recipe.fidelity``.
+
+    ``data`` is the raw config mapping (YAML plus overrides); returns a new mapping.
+    """
+    recipe = data.get("recipe") or {}
+    fidelity = recipe.get("fidelity", "reference") if isinstance(recipe, dict) else "reference"
+    if fidelity not in ("reference", "paper"):
+        raise ConfigError(f"recipe.fidelity: {fidelity!r} is not one of 'reference', 'paper'")
+    out = dict(data)
+    for key, values in FIDELITY_SWITCHES.items():
+        section, name = key.split(".")
+        current = out.get(section)
+        if current is None:
+            current = {}
+        if not isinstance(current, dict):
+            continue  # from_dict reports the wrong type, naming the section
+        if name not in current:
+            out[section] = {**current, name: values[fidelity]}
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run directory and inside
@@ -180,6 +230,13 @@ class TrainConfig:
     """Checkpoints and initial weights."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics, TensorBoard, progress bar."""
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    """Reference or paper behaviour where they differ (applied when the config is loaded)."""
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """A config mapping -> :class:`TrainConfig`, with ``recipe.fidelity`` applied first."""
+    return from_dict(TrainConfig, apply_fidelity(data))
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -187,7 +244,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     are ConfigErrors naming the dotted key)."""
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
-    return from_dict(TrainConfig, data)
+    return train_config_from_dict(data)
 
 
 def _check_dataset(key: str, data: DatasetConfig, train: bool) -> None:

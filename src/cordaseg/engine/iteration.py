@@ -27,6 +27,7 @@ from cordaseg.adaptation.ema import ema_update
 from cordaseg.adaptation.schedules import poly_lr
 from cordaseg.adaptation.step import StepOutput
 from cordaseg.engine.config import TrainConfig
+from cordaseg.engine.optim import MultiplicitySGD
 from cordaseg.models.corda import param_groups
 
 
@@ -39,7 +40,8 @@ class IterationState:
     teacher: nn.Module | None
     """The EMA teacher (None for source-only training)."""
     optimizer: torch.optim.Optimizer
-    """SGD over :func:`~cordaseg.models.corda.param_groups` (each group has an ``lr_mult``)."""
+    """:class:`~cordaseg.engine.optim.MultiplicitySGD` over :func:`~cordaseg.models.corda.param_groups`
+    (each group has an ``lr_mult`` and a ``multiplicity``)."""
     cfg: TrainConfig
     """The run's configuration (optim schedule, adaptation step, precision)."""
     base_lr: float
@@ -79,10 +81,11 @@ def sgd_flags(implementation: str, device: torch.device) -> dict[str, bool | Non
     }
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float, device: torch.device) -> torch.optim.SGD:
-    """SGD with momentum and weight decay over the 1x backbone / ``head_lr_mult`` x head groups."""
-    return torch.optim.SGD(
-        param_groups(model, base_lr, cfg.optim.head_lr_mult),
+def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float, device: torch.device) -> MultiplicitySGD:
+    """SGD with momentum and weight decay over the 1x backbone / ``head_lr_mult`` x head groups,
+    with the reference's parameter multiplicity unless ``optim.param_multiplicity`` is ``once``."""
+    return MultiplicitySGD(
+        param_groups(model, base_lr, cfg.optim.head_lr_mult, cfg.optim.param_multiplicity),
         lr=base_lr,
         momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,

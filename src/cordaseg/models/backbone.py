@@ -20,12 +20,16 @@ from torch import nn
 BLOCKS_PER_LAYER = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def _init_conv_bn(module: nn.Module) -> None:
-    """Reference initialisation: conv weights ~ N(0, 0.01), BN weight 1 and bias 0."""
+def _init_conv_bn(module: nn.Module, zero_conv_bias: bool = True) -> None:
+    """Reference initialisation: conv weights ~ N(0, 0.01), BN weight 1 and bias 0.
+
+    Conv biases are zeroed, or with ``zero_conv_bias=False`` keep PyTorch's default
+    initialisation from construction (uniform in +-1/sqrt(fan_in)), as the reference's heads do.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0.0, 0.01)
-            if m.bias is not None:
+            if m.bias is not None and zero_conv_bias:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)

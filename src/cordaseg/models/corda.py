@@ -58,6 +58,10 @@ class ModelConfig:
     """Dilation (= padding) of the four ASPP branches."""
     freeze_bn_stats: bool = False
     """Also freeze the backbone BN running statistics (the reference updates them)."""
+    head_bias_init: Literal["uniform", "zero"] = "uniform"
+    """Initial bias of the head convolutions that have one (ASPP branches, 1x1 classifiers):
+    'uniform' keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as the reference does;
+    'zero' zeroes it. Weights are N(0, 0.01) either way. Only affects freshly built models."""
 
     def __post_init__(self) -> None:
         if self.head_width % 4:
@@ -173,7 +177,8 @@ class CordaNet(nn.Module):
         self.semantic_head = aspp(head_in, n)
         if cfg.has_depth:
             self.depth_head = aspp(head_in, 1)
-        _init_conv_bn(nn.ModuleList(m for name, m in self.named_children() if name != "backbone"))
+        _init_conv_bn(nn.ModuleList(m for name, m in self.named_children() if name != "backbone"),
+                      zero_conv_bias=cfg.head_bias_init == "zero")
 
     def forward(self, x: torch.Tensor) -> CordaOutput:
         cfg = self.cfg
@@ -210,17 +215,57 @@ def build_model(cfg: ModelConfig | None = None, **overrides) -> CordaNet:
     return CordaNet(cfg)
 
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+REFERENCE_BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+"""The top-level backbone blocks the reference's optimiser walks to build its 1x group."""
+
+
+def reference_multiplicity(backbone: nn.Module) -> dict[int, int]:
+    """How often the reference's 1x parameter list names each trainable backbone tensor, by ``id``.
+
+    The reference walks the blocks of :data:`REFERENCE_BACKBONE_BLOCKS` and, for every module
+    ``m`` in ``block.modules()`` (the block itself included), lists every trainable tensor of
+    ``m.parameters()`` (recursive). A tensor is therefore listed once per module on the path from
+    its block down to the module that owns it: the stem convolution once, a residual block's
+    convolution 3 times (layer, block, conv), a projection convolution 4 times (layer, block,
+    ``downsample``, its conv). Computed from the module tree, not from a table, so every backbone
+    depth and width gets its own counts. See docs/reference-behaviour.md.
+    """
+    counts: dict[int, int] = {}
+    for name in REFERENCE_BACKBONE_BLOCKS:
+        for module in getattr(backbone, name).modules():
+            for p in module.parameters():
+                if p.requires_grad:
+                    counts[id(p)] = counts.get(id(p), 0) + 1
+    return counts
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0,
+                 multiplicity: Literal["reference", "once"] = "once") -> list[dict]:
     """Optimiser groups: trainable backbone parameters at ``lr``, every head at ``head_lr_mult * lr``.
 
-    Accepts a DDP-wrapped model. Each group records its multiplier under ``lr_mult`` so that a
-    schedule can set ``group["lr"] = lr_i * group["lr_mult"]``.
+    Accepts a DDP-wrapped model. Each group records its learning-rate multiplier under ``lr_mult``
+    (a schedule sets ``group["lr"] = lr_i * group["lr_mult"]``) and under ``multiplicity`` how many
+    times per step the optimiser applies its update (1 for a standard optimiser). With
+    ``multiplicity="reference"`` the backbone is split into one group per count of
+    :func:`reference_multiplicity` (named ``backbone_x1``, ``backbone_x3``, ...), for
+    :class:`cordaseg.engine.optim.MultiplicitySGD`; ``"once"`` gives one backbone group.
     """
     net = getattr(model, "module", model)
-    backbone = [p for p in net.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in net.backbone.parameters()}
     heads = [p for p in net.parameters() if p.requires_grad and id(p) not in backbone_ids]
-    return [
-        {"params": backbone, "lr": lr, "lr_mult": 1.0, "name": "backbone"},
-        {"params": heads, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "heads"},
+    head_group = {"params": heads, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "heads",
+                  "multiplicity": 1}
+    trainable = [p for p in net.backbone.parameters() if p.requires_grad]
+    if multiplicity == "once":
+        return [{"params": trainable, "lr": lr, "lr_mult": 1.0, "name": "backbone", "multiplicity": 1}, head_group]
+    if multiplicity != "reference":
+        raise ValueError(f"multiplicity must be 'reference' or 'once', got {multiplicity!r}")
+    counts = reference_multiplicity(net.backbone)
+    by_count: dict[int, list[nn.Parameter]] = {}
+    for p in trainable:  # a trainable tensor outside the walked blocks would be listed 0 times
+        by_count.setdefault(counts.get(id(p), 0), []).append(p)
+    groups = [
+        {"params": params, "lr": lr, "lr_mult": 1.0, "name": f"backbone_x{k}", "multiplicity": k}
+        for k, params in sorted(by_count.items())
     ]
+    return groups + [head_group]

@@ -46,7 +46,7 @@ from torch.utils.data import Subset
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from cordaseg.data.datasets import DatasetConfig, build_dataset
 from cordaseg.data.world.export import WorldConfig, generate_world_from_config
-from cordaseg.engine.config import TrainConfig, train_config_from_dict
+from cordaseg.engine.config import FIDELITY_SWITCHES, TrainConfig, train_config_from_dict
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import train
 from cordaseg.errors import CheckpointError
@@ -109,6 +109,9 @@ class DemoConfig:
     """Seconds for that training instead of ``depth_share`` of the budget (for fixed iteration counts)."""
     seed: int = 0
     """Seed of the model initialisations, sample orders and adaptation draws."""
+    fidelity: Literal["reference", "paper"] = "reference"
+    """``recipe.fidelity`` of every run: the reference code's behaviour or the paper's text
+    (docs/reference-behaviour.md)."""
     world_workers: int | None = None
     """Processes rendering the world (None: one per CPU)."""
 
@@ -135,9 +138,12 @@ class DemoConfig:
             raise ConfigError(f"crop: {tuple(self.crop)} is larger than world.size {tuple(self.world.size)}")
 
     def model(self, arch: str) -> ModelConfig:
-        """The network of one method: DeepLabV2 ('deeplab') or CorDA ('corda')."""
+        """The network of one method: DeepLabV2 ('deeplab') or CorDA ('corda'), with the model keys
+        that ``fidelity`` sets."""
+        switched = {key.split(".")[1]: values[self.fidelity] for key, values in FIDELITY_SWITCHES.items()
+                    if key.startswith("model.")}
         return ModelConfig(arch=arch, backbone_depth=self.backbone_depth, backbone_width=self.backbone_width,
-                           head_width=self.head_width)
+                           head_width=self.head_width, **switched)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +255,7 @@ def train_config(cfg: DemoConfig, method: str, source_root: Path, target_root: P
                   "lr": cfg.lr * (cfg.adaptation_lr_factor if adapting else 1.0)},
         "run": {"out_dir": str(run_dir), "seed": cfg.seed, "device": "cpu", "num_workers": 0,
                 "auto_resume": False},
+        "recipe": {"fidelity": cfg.fidelity},
         "eval": {"every": 0},
         "checkpoint": {"every": iterations, "keep_last": 1, "init": None if init is None else str(init)},
         "logging": {"every": max(1, min(log_every, iterations)), "image_every": 0, "tensorboard": False,

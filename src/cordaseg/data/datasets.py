@@ -15,7 +15,8 @@ file paths; :func:`build_dataset` returns a :class:`SegmentationDataset` whose i
 Training items (``train=True``) are resized and randomly cropped; the randomness of item ``i``
 in epoch ``e`` comes only from a generator seeded with (seed, e, i), so a run is reproducible
 with any number of loader workers. Evaluation items (``train=False``) have the image resized to
-``eval_size`` (Cityscapes val: 1024x512) and the label and depth at full resolution.
+``eval_size`` (by default Cityscapes 1024x512, GTA5 and SYNTHIA 1280x720) and the label and
+depth at full resolution.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from cordaseg.errors import DataError
 # Reference geometry per format: fixed resize (W, H), or a scale of the frame.
 DEFAULT_RESIZE: dict[str, tuple[int, int] | None] = {"gta5": (1280, 720), "synthia": (1280, 720), "cityscapes": None}
 DEFAULT_RESIZE_SCALE: dict[str, float | None] = {"gta5": None, "synthia": None, "cityscapes": 0.5}
+# Evaluation image size (W, H): the paper's Cityscapes protocol, and for source-domain evaluation
+# the training resize of GTA5 and SYNTHIA (the reference evaluates GTA5 at 1280x720).
+DEFAULT_EVAL_SIZE: dict[str, tuple[int, int]] = {"gta5": (1280, 720), "synthia": (1280, 720),
+                                                 "cityscapes": (1024, 512)}
 # Interpolation per modality and format, as the reference code resizes each file.
 IMAGE_RESAMPLE = {"gta5": "bicubic", "synthia": "bicubic", "cityscapes": "bilinear"}
 LABEL_RESAMPLE = "nearest"
@@ -84,8 +89,10 @@ class DatasetConfig:
     for Cityscapes), or "reference" = the reference's choice for ``format``."""
     mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
     """Mean subtracted from the BGR image on the 0..255 scale."""
-    eval_size: tuple[int, int] | None = (1024, 512)
-    """Evaluation: the image is resized to this (W, H); labels and depth stay at full resolution."""
+    eval_size: tuple[int, int] | Literal["auto"] | None = "auto"
+    """Evaluation: the image is resized to this (W, H); labels and depth stay at full resolution.
+    "auto" = the format's size: Cityscapes 1024x512 (the paper), GTA5 and SYNTHIA 1280x720 (their
+    training resize); None = the file's own size."""
 
     def __post_init__(self) -> None:
         if self.depth in ("stereo", "mono") and self.format != "cityscapes":
@@ -98,7 +105,7 @@ class DatasetConfig:
             raise ConfigError(f"scale_range: {self.scale_range} must satisfy 0 < low <= high")
         for key in ("resize", "crop", "eval_size"):
             size = getattr(self, key)
-            if size is not None and min(size) < 1:
+            if size is not None and size != "auto" and min(size) < 1:
                 raise ConfigError(f"{key}: {size} must be positive (W, H)")
         if self.resize_scale is not None and self.resize_scale <= 0:
             raise ConfigError(f"resize_scale: {self.resize_scale} must be positive")
@@ -112,6 +119,10 @@ class DatasetConfig:
     def depth_backend(self) -> transforms.Backend:
         """"opencv" or "pil": the library that resizes training depth."""
         return REFERENCE_DEPTH_RESIZE[self.format] if self.depth_resize == "reference" else self.depth_resize
+
+    def target_eval_size(self) -> tuple[int, int] | None:
+        """(W, H) the evaluation image is resized to, or None for the file's size."""
+        return DEFAULT_EVAL_SIZE[self.format] if self.eval_size == "auto" else self.eval_size
 
     def target_resize(self) -> tuple[tuple[int, int] | None, float | None]:
         if self.resize is None and self.resize_scale is None:
@@ -335,8 +346,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def _eval_geometry(self, frame: RawFrame):
         height, width = frame.image_bgr.shape[:2]
         image = frame.image_bgr
-        if self.cfg.eval_size is not None:
-            image = transforms.resize(image, self.cfg.eval_size, IMAGE_RESAMPLE[self.cfg.format])
+        eval_size = self.cfg.target_eval_size()
+        if eval_size is not None:
+            image = transforms.resize(image, eval_size, IMAGE_RESAMPLE[self.cfg.format])
         if frame.label is None:
             label = np.full((height, width), IGNORE_INDEX, np.uint8)
         else:

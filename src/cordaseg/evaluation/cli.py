@@ -1,8 +1,9 @@
-"""``cordaseg evaluate`` and ``cordaseg predict`` (issue 5): parse, then call the library.
+"""``cordaseg evaluate`` and ``cordaseg predict``: parse, then call the library.
 
-``evaluate`` follows the paper's protocol (spec section 4) unless told otherwise; under
-``torchrun`` every process scores its share of the images and the confusion matrix is summed
-with one all-reduce; rank 0 prints and writes.
+``evaluate`` follows the paper's protocol (Cityscapes val, see :mod:`cordaseg.evaluation.evaluate`)
+unless told otherwise; it also scores the source domain (a GTA5 or SYNTHIA tree, as the reference
+can evaluate on GTA5). Under ``torchrun`` every process scores its share of the images and the
+confusion matrix is summed with one all-reduce; rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -61,17 +62,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "bilinearly (align_corners=True) to the full-resolution labels; mIoU on 19, 16 and 13 classes, "
             "per-class IoU, pixel accuracy, and depth metrics of every depth head where the tree has depth. "
             "The dataset is the 'val' section of a training config (--config), a dataset config file, or a "
-            "Cityscapes tree (--data-root). Runs under torchrun with the matrix summed over processes."
+            "tree (--data-root): Cityscapes, or a GTA5 / SYNTHIA source-domain tree with --format (images "
+            "resized to their 1280x720 training size, labels at full resolution). Runs under torchrun with "
+            "the matrix summed over processes."
         ),
     )
     _add_model_args(p)
     p.add_argument("--config", help="training config YAML (its 'val' section is used) or a dataset config YAML")
-    p.add_argument("--data-root", help="Cityscapes root folder (official or *_trainvaltest layout)")
-    p.add_argument("--split", default=None, help="split folder with --data-root (default: val)")
-    p.add_argument("--depth", choices=("auto", "none", "stereo", "mono"), default="auto",
-                   help="depth ground truth with --data-root: auto = stereo or mono files if every frame has them")
+    p.add_argument("--data-root", help="dataset root folder (Cityscapes: official or *_trainvaltest layout)")
+    p.add_argument("--format", choices=("cityscapes", "gta5", "synthia"), default=None,
+                   help="kind of the --data-root tree (default: cityscapes); gta5 / synthia score the source domain "
+                        "(every frame, or list_file=FILE)")
+    p.add_argument("--split", default=None, help="Cityscapes split folder with --data-root (default: val)")
+    p.add_argument("--depth", choices=("auto", "none", "native", "stereo", "mono"), default="auto",
+                   help="depth ground truth with --data-root: auto = the first kind whose files every frame has "
+                        "(Cityscapes stereo, then mono; GTA5 / SYNTHIA their own depth files)")
     p.add_argument("--input-size", type=size_wxh, default=None,
-                   help="resize images to WxH for the network (default: the dataset's eval_size, 1024x512)")
+                   help="resize images to WxH for the network (default: the dataset's eval_size: 1024x512 for "
+                        "Cityscapes, 1280x720 for GTA5 and SYNTHIA)")
     p.add_argument("--output-size", choices=("full", "input"), default="full",
                    help="score at the full label resolution (paper) or at the input size (reference's cheaper variant)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass and process")
@@ -114,6 +122,8 @@ def _dataset_section(args: argparse.Namespace) -> dict[str, Any]:
     """The validation DatasetConfig as a dict, from --config or --data-root."""
     if bool(args.config) == bool(args.data_root):
         raise CordasegError("give exactly one of --config FILE and --data-root DIR")
+    if args.config and args.format:
+        raise CordasegError("--format goes with --data-root; a config's dataset section names its own format")
     if args.config:
         data = load_yaml(args.config)
         if "val" in data:
@@ -125,17 +135,24 @@ def _dataset_section(args: argparse.Namespace) -> dict[str, Any]:
         if args.split:
             data["split"] = args.split
         return data
-    return {"format": "cityscapes", "root": args.data_root, "split": args.split or "val",
-            "depth": "none" if args.depth == "auto" else args.depth}
+    fmt = args.format or "cityscapes"
+    section = {"format": fmt, "root": args.data_root, "depth": "none" if args.depth == "auto" else args.depth}
+    if fmt == "cityscapes":
+        section["split"] = args.split or "val"
+    elif args.split:
+        raise CordasegError(f"--split names a Cityscapes split folder; {fmt} has none (select frames with "
+                            "list_file=FILE)")
+    return section
 
 
 def _auto_depth(cfg):
-    """With --depth auto: the first Cityscapes depth kind whose files every frame has, else none."""
+    """With --depth auto: the first depth kind whose files every frame has (Cityscapes stereo, then
+    mono; GTA5 / SYNTHIA their native files), else none."""
     from dataclasses import replace
 
     from cordaseg.data.datasets import find_samples
 
-    for kind in ("stereo", "mono"):
+    for kind in ("stereo", "mono") if cfg.format == "cityscapes" else ("native",):
         candidate = replace(cfg, depth=kind)
         records = find_samples(candidate)
         if records and all(r.depth is not None and Path(r.depth).is_file() for r in records):

@@ -80,12 +80,13 @@ def synthetic_batch(batch: int, crop: int, num_classes: int, device: torch.devic
 
 
 def make_config(args: argparse.Namespace, precision: str, channels_last: bool, compile_model: bool, merged: bool,
-                teacher_stream: bool, device: torch.device) -> TrainConfig:
+                teacher_stream: bool, device: torch.device, multiplicity: str = "reference") -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(backbone_depth=args.backbone, backbone_width=args.backbone_width,
                           head_width=args.head_width),
         adaptation=AdaptationConfig(method="corda", merged_student_pass=merged),
-        optim=OptimConfig(iterations=args.schedule, batch_size=args.batch, implementation=args.optimizer),
+        optim=OptimConfig(iterations=args.schedule, batch_size=args.batch, implementation=args.optimizer,
+                          param_multiplicity=multiplicity),
         run=RunConfig(device=device.type, precision=precision, channels_last=channels_last,
                       teacher_stream=teacher_stream, compile=compile_model, deterministic=False),
     )
@@ -105,8 +106,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_configuration(args: argparse.Namespace, device: torch.device, precision: str, channels_last: bool,
-                      compile_model: bool, merged: bool, teacher_stream: bool) -> dict:
-    cfg = make_config(args, precision, channels_last, compile_model, merged, teacher_stream, device)
+                      compile_model: bool, merged: bool, teacher_stream: bool, multiplicity: str = "reference") -> dict:
+    cfg = make_config(args, precision, channels_last, compile_model, merged, teacher_stream, device, multiplicity)
     torch.manual_seed(0)
     student = build_model(cfg.model).to(device)
     if channels_last:
@@ -168,6 +169,9 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
         "merged": merged,
         "teacher_stream": teacher_stream,
         "optimizer": args.optimizer,
+        "param_multiplicity": cfg.optim.param_multiplicity,
+        "depth_weight": cfg.adaptation.depth_weight,
+        "augment_decision": cfg.adaptation.augment_decision,
         "warmup": args.warmup,
         "iterations": args.iterations,
         "s_per_iteration": round(seconds, 5),
@@ -194,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0 and/or 1: teacher forward on a second CUDA stream")
     parser.add_argument("--optimizer", default="auto", choices=("auto", "fused", "foreach", "for_loop"),
                         help="SGD kernels (optim.implementation)")
+    parser.add_argument("--multiplicity", nargs="+", default=["reference"], choices=("reference", "once"),
+                        help="optim.param_multiplicity: the reference's repeated backbone updates and/or plain SGD")
     parser.add_argument("--iterations", type=int, help="timed iterations per configuration: 30 (tiny: 2)")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (cudnn.benchmark): 10 (tiny: 1)")
     parser.add_argument("--sync-iterations", type=int, default=3, help="iterations with sync counting (CUDA)")
@@ -211,10 +217,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args)
-    for precision, channels_last, compile_model, merged, teacher_stream in itertools.product(
-        args.precision, args.channels_last, args.compile, args.merged, args.teacher_stream
+    for precision, channels_last, compile_model, merged, teacher_stream, multiplicity in itertools.product(
+        args.precision, args.channels_last, args.compile, args.merged, args.teacher_stream, args.multiplicity
     ):
-        result = run_configuration(args, device, precision, channels_last, compile_model, merged, teacher_stream)
+        result = run_configuration(args, device, precision, channels_last, compile_model, merged, teacher_stream,
+                                   multiplicity)
         print(json.dumps(result), flush=True)
 
 

@@ -28,6 +28,18 @@ def _scales(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated factors such as 0.75,1,1.25, got {text!r}") from None
 
 
+def _depth_bins(text: str) -> tuple[float, ...] | None:
+    from cordaseg.evaluation.metrics import check_depth_bins
+
+    if text.lower() == "none":
+        return None
+    try:
+        return check_depth_bins(float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected increasing lower edges in metres such as 0,10,20,40 "
+                                         f"(or none), got {text!r}: {err}") from None
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="cordaseg checkpoint (training or model) or a reference one")
     p.add_argument("--weights", choices=("student", "teacher"), default="student",
@@ -88,6 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write scores.json and scores.csv here")
     p.add_argument("--report", help="also write scores, confusion_matrix.png, class_iou.png and sample panels here")
     p.add_argument("--samples", type=int, default=8, help="sample panels in the report (default 8)")
+    p.add_argument("--depth-bins", type=_depth_bins, default="0,10,20,40", metavar="EDGES",
+                   help="lower edges in metres of the ranges of ground-truth depth scored separately where the "
+                        "tree has depth (default 0,10,20,40: 0-10, 10-20, 20-40, 40+ m; none: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dataset config overrides, e.g. eval_size=[512,256]")
     _add_inference_args(p)
@@ -195,7 +210,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             model, dataset, device=ctx.device, num_classes=model_cfg.num_classes, output_size=args.output_size,
             batch_size=args.batch_size, distributed=ctx.enabled, progress=not args.no_progress,
             inference=inference, num_workers=args.num_workers,
-            keep_samples=args.samples if args.report else 0,
+            keep_samples=args.samples if args.report else 0, depth_bins=args.depth_bins,
         )
         if not ctx.is_main:
             return 0

@@ -6,7 +6,8 @@ matrix over 19 classes, with the 16- and 13-class SYNTHIA protocols read from th
 matrix. ``output_size="input"`` is the reference's cheaper variant: the labels are resized
 (nearest) to the input size instead. The confusion matrix and the depth sums stay on the
 device and are summed over processes with one ``all_reduce`` each, so the loop has no host
-sync (except for the few samples kept for pictures).
+sync (except for the few samples kept for pictures). Where the items carry ground-truth depth,
+the mIoU is also reported per range of distance (:class:`~cordaseg.evaluation.metrics.DepthBinnedConfusion`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from cordaseg.config import ConfigError
 from cordaseg.data.labels import CLASS_NAMES, NUM_CLASSES, PROTOCOLS
 from cordaseg.data.normalization import to_display_rgb
 from cordaseg.evaluation.inference import SEMANTIC, InferenceConfig, infer, model_callable, resize_bilinear
-from cordaseg.evaluation.metrics import ConfusionMatrix, DepthMeter, segmentation_scores
+from cordaseg.evaluation.metrics import (
+    DEFAULT_DEPTH_BINS,
+    ConfusionMatrix,
+    DepthBinnedConfusion,
+    DepthBinScores,
+    DepthMeter,
+    depth_bin_scores,
+    segmentation_scores,
+)
 
 
 @dataclass
@@ -70,6 +79,8 @@ class EvalResult:
     """Name of each class."""
     samples: list[EvalSample] = field(default_factory=list)
     """The first images of this process, for pictures (not part of the saved scores)."""
+    depth_bins: list[DepthBinScores] = field(default_factory=list)
+    """mIoU per range of ground-truth distance; empty without depth ground truth."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe scores (NaN becomes None)."""
@@ -86,6 +97,12 @@ class EvalResult:
                 head: {k: (v if k == "pixels" else number(v)) for k, v in values.items()}
                 for head, values in self.depth.items()
             },
+            "depth_bins": [
+                {"range": b.name, "min_m": b.low, "max_m": b.high, "pixels": b.pixels,
+                 "miou": {str(k): number(v) for k, v in b.miou.items()},
+                 "iou": {name: number(v) for name, v in zip(self.class_names, b.iou)}}
+                for b in self.depth_bins
+            ],
             "confusion_matrix": self.confusion.tolist(),
         }
 
@@ -108,6 +125,13 @@ class EvalResult:
                 f"depth head {head}: AbsRel {values['abs_rel']:.4f}  RMSE {values['rmse']:.4f}  "
                 f"delta<1.25 {values['delta1']:.2f}%  ({values['pixels']} px)"
             )
+        if self.depth_bins:
+            first = max(self.miou)  # all classes (19)
+            lines.append(f"mIoU ({first} classes) by ground-truth depth:")
+            for b in self.depth_bins:
+                value = b.miou[first]
+                text = "   n/a" if math.isnan(value) else f"{value:6.2f}"
+                lines.append(f"  {b.name:<10} {text}  ({b.pixels} px)")
         lines.append(f"images: {self.num_images}")
         return "\n".join(lines)
 
@@ -134,6 +158,9 @@ def write_csv(result: EvalResult, path: str | Path) -> Path:
         for k, v in result.miou.items():
             writer.writerow([f"mIoU{k}", "", f"{v:.4f}"])
         writer.writerow(["pixel_accuracy", "", f"{result.pixel_accuracy:.4f}"])
+        for b in result.depth_bins:
+            for k, v in b.miou.items():
+                writer.writerow([f"mIoU{k} depth {b.name}", "", "" if math.isnan(v) else f"{v:.4f}"])
     return path
 
 
@@ -193,6 +220,7 @@ def evaluate_segmentation(
     num_workers: int = 0,
     keep_samples: int = 0,
     class_names: tuple[str, ...] | None = None,
+    depth_bins: Sequence[float] | None = DEFAULT_DEPTH_BINS,
 ) -> EvalResult:
     """Score ``model`` (a CordaNet) on labelled items: mIoU per protocol, per-class IoU, pixel
     accuracy, and depth metrics of every depth head where items carry ``"depth"``.
@@ -201,7 +229,9 @@ def evaluate_segmentation(
     (H, W) train IDs, optional ``depth`` (H, W), ``name``) or a loader of such batches. With
     ``distributed=True`` a dataset is sharded over the ranks (a loader must already be) and the
     scores are summed over all of them. ``precision`` is overridden by ``inference.precision``
-    when an :class:`InferenceConfig` is given. The model's train/eval mode is restored after.
+    when an :class:`InferenceConfig` is given. ``depth_bins`` are the lower edges in metres of the
+    depth ranges scored separately where items carry depth (None: no depth-binned mIoU). The
+    model's train/eval mode is restored after.
     """
     if output_size not in ("full", "input"):
         raise ConfigError(f"output_size: {output_size!r} is not one of 'full', 'input'")
@@ -218,6 +248,7 @@ def evaluate_segmentation(
     model.eval()
     run = model_callable(model, inference.precision)
     confusion = ConfusionMatrix(num_classes, device)
+    binned = DepthBinnedConfusion(depth_bins, num_classes, device) if depth_bins is not None else None
     depth_meters: dict[str, DepthMeter] = {}
     image_count = torch.zeros((), dtype=torch.int64, device=device)
     samples: list[EvalSample] = []
@@ -236,6 +267,8 @@ def evaluate_segmentation(
             if "depth" in batch:
                 depth_target = batch["depth"].to(device, non_blocking=True).float()
                 depth_target = _to_scored_size(depth_target, out_size)
+                if binned is not None:
+                    binned.update(prediction, label, depth_target)
                 for head, value in outputs.items():
                     if head == SEMANTIC:
                         continue
@@ -256,11 +289,14 @@ def evaluate_segmentation(
 
     if distributed:
         confusion.all_reduce()
+        if binned is not None:
+            binned.all_reduce()
         for meter in depth_meters.values():
             meter.all_reduce()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(image_count)
     scores = segmentation_scores(confusion.numpy(), class_names)
+    bins = depth_bin_scores(binned.numpy(), binned.edges) if binned is not None else []
     return EvalResult(
         confusion=scores.confusion,
         iou=scores.iou,
@@ -272,4 +308,6 @@ def evaluate_segmentation(
         num_images=int(image_count.item()),
         class_names=scores.class_names,
         samples=samples,
+        # no range at all without a single pixel of valid depth (items without depth files)
+        depth_bins=bins if sum(b.pixels for b in bins) > 0 else [],
     )

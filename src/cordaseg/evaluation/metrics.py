@@ -16,6 +16,12 @@ inverse-depth-like quantity where exactly 1.0 marks invalid pixels) over valid p
 AbsRel = mean(|pred - gt| / gt), RMSE = sqrt(mean((pred - gt)^2)), delta1 = the fraction of
 pixels with max(pred / gt, gt / pred) < 1.25. They are computed in that value space, not in
 metres.
+
+Depth-binned mIoU: one confusion matrix per range of ground-truth distance (default 0-10,
+10-20, 20-40 and 40+ m), so a method's accuracy on near and far structure can be told apart
+(the paper argues that depth helps most where the two domains' geometry differs). The loader's
+value d' = 655.36 / (Z + 0.01) is turned back into metres Z; pixels without valid depth fall in
+no range.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cordaseg.data.formats import INVERSE_DEPTH_OFFSET, INVERSE_DEPTH_SCALE
 from cordaseg.data.labels import CLASS_NAMES, NUM_CLASSES, PROTOCOLS
 
 # The loader's marker for a pixel without valid depth (spec section 5).
 INVALID_DEPTH = 1.0
+# Lower edges (metres) of the depth ranges of the depth-binned mIoU; the last range is open.
+DEFAULT_DEPTH_BINS = (0.0, 10.0, 20.0, 40.0)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -154,6 +163,102 @@ class DepthMeter:
             "delta1": within / count * 100.0,
             "pixels": int(count),
         }
+
+
+def metres_from_depth_value(value: torch.Tensor) -> torch.Tensor:
+    """The loader's depth value d' -> metres Z = 655.36 / d' - 0.01 (float64, the inverse of the
+    decode in :mod:`cordaseg.data.formats`); NaN where d' marks no depth (exactly 1.0, not
+    finite, or not positive)."""
+    value = value.to(torch.float64)
+    valid = (value != INVALID_DEPTH) & torch.isfinite(value) & (value > 0)
+    metres = INVERSE_DEPTH_SCALE / torch.where(valid, value, torch.ones_like(value)) - INVERSE_DEPTH_OFFSET
+    return torch.where(valid, metres, torch.full_like(metres, float("nan")))
+
+
+def check_depth_bins(edges: Sequence[float]) -> tuple[float, ...]:
+    """``edges`` as a tuple after checking they are finite, >= 0 and strictly increasing."""
+    edges = tuple(float(e) for e in edges)
+    if not edges:
+        raise ValueError("depth bins: give at least one lower edge, e.g. 0,10,20,40")
+    if any(not math.isfinite(e) or e < 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"depth bins: {list(edges)} must be finite, >= 0 and strictly increasing")
+    return edges
+
+
+def depth_bin_name(low: float, high: float | None) -> str:
+    """'0-10 m', '40+ m'."""
+    return f"{low:g}+ m" if high is None else f"{low:g}-{high:g} m"
+
+
+class DepthBinnedConfusion:
+    """One (C, C) confusion matrix per depth range, as a (K, C, C) int64 tensor on the device.
+
+    ``edges`` are the K lower edges in metres; range k is [edges[k], edges[k + 1]) and the last
+    one [edges[-1], inf). A pixel nearer than ``edges[0]`` or without valid depth is not counted.
+    """
+
+    def __init__(self, edges: Sequence[float] = DEFAULT_DEPTH_BINS, num_classes: int = NUM_CLASSES,
+                 device: torch.device | str = "cpu"):
+        self.edges = check_depth_bins(edges)
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(len(self.edges), num_classes, num_classes, dtype=torch.int64, device=device)
+        self._boundaries = torch.tensor(self.edges, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, prediction: torch.Tensor, label: torch.Tensor, depth_value: torch.Tensor) -> None:
+        """Add a batch: predictions, labels and the loader's depth values of the same shape."""
+        if not prediction.shape == label.shape == depth_value.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)}, label {tuple(label.shape)} and depth "
+                             f"{tuple(depth_value.shape)} must have the same shape")
+        c, device = self.num_classes, self.matrix.device
+        metres = metres_from_depth_value(depth_value.to(device)).reshape(-1)
+        # bucketize(right=True) counts the edges <= Z: 0 below the first edge, K for the open range.
+        bin_index = torch.bucketize(metres, self._boundaries, right=True) - 1  # (N,); NaN is masked below
+        label = label.to(device=device, dtype=torch.int64).reshape(-1)
+        prediction = prediction.to(device=device, dtype=torch.int64).reshape(-1)
+        valid = (label >= 0) & (label < c) & ~torch.isnan(metres) & (bin_index >= 0)
+        index = (bin_index[valid] * c + label[valid]) * c + prediction[valid]  # (N,) flattened (bin, gt, pred)
+        self.matrix += torch.bincount(index, minlength=self.matrix.numel()).reshape(self.matrix.shape)
+
+    def all_reduce(self) -> DepthBinnedConfusion:
+        """Sum over all processes (no-op without a process group); returns self."""
+        _all_reduce_sum(self.matrix)
+        return self
+
+    def numpy(self) -> np.ndarray:
+        """(K, C, C) int64 (a host sync)."""
+        return self.matrix.cpu().numpy()
+
+
+@dataclass
+class DepthBinScores:
+    """Segmentation scores of the pixels whose ground-truth depth lies in one range."""
+
+    low: float
+    """Lower edge in metres (included)."""
+    high: float | None
+    """Upper edge in metres (excluded); None for the open last range."""
+    pixels: int
+    """Scored pixels in the range (labelled, with valid depth)."""
+    iou: np.ndarray
+    """(C,) per-class IoU in percent, NaN where undefined."""
+    miou: dict[int, float]
+    """Protocol (19, 16, 13) -> mIoU in percent (NaN without pixels)."""
+
+    @property
+    def name(self) -> str:
+        return depth_bin_name(self.low, self.high)
+
+
+def depth_bin_scores(matrices: np.ndarray, edges: Sequence[float]) -> list[DepthBinScores]:
+    """Per-range scores of a (K, C, C) stack of confusion matrices with K lower ``edges``."""
+    edges = tuple(float(e) for e in edges)
+    out = []
+    for k, matrix in enumerate(np.asarray(matrices, dtype=np.int64)):
+        high = edges[k + 1] if k + 1 < len(edges) else None
+        out.append(DepthBinScores(edges[k], high, int(matrix.sum()), iou_per_class(matrix) * 100.0,
+                                  miou_protocols(matrix)))
+    return out
 
 
 @dataclass

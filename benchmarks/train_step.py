@@ -6,9 +6,13 @@ trainer's per-iteration generator and non-finite flag, on synthetic tensors alre
 device (no data loading). For each configuration (every combination of the list options) it
 builds the student and the teacher, runs ``--warmup`` iterations, then ``--iterations`` timed
 ones, then (on CUDA) a few more under ``torch.cuda.set_sync_debug_mode("warn")`` to count
-host-device syncs. It prints one JSON line per configuration: s/iteration, peak memory
-(CUDA ``max_memory_allocated``; on CPU the process's peak RSS) and syncs per iteration ("n/a"
-on CPU).
+host-device syncs, then (on any device) a few more under
+:func:`cordaseg.engine.host_reads.count_host_reads`, which counts the reads of tensor values by
+the host (each one a sync on a GPU). It prints one JSON line per configuration, naming it (torch
+and CUDA versions, device, threads, network size, precision, channels_last, merged pass, SGD
+kernels, parameter multiplicity, ...): s/iteration, peak memory (CUDA ``max_memory_allocated``;
+on CPU the process's peak RSS), ``syncs_per_iteration`` (CUDA's count; "n/a" on CPU) and
+``host_reads_per_iteration`` (the CPU-side count, with ``host_reads`` naming each read).
 
 The paper's recipe on a GPU (ResNet-101, batch 2, 512x512 crops), fp32 and bf16, reference
 batch-norm statistics and the merged ("fast") student pass:
@@ -43,6 +47,7 @@ from presets import add_model_args, apply_preset, flags, resolve_device
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
+from cordaseg.engine.host_reads import HostReads, count_host_reads
 from cordaseg.engine.iteration import build_optimizer, make_state, numerics, train_iteration
 from cordaseg.engine.trainer import derive_seed
 from cordaseg.models.corda import ModelConfig, build_model
@@ -153,11 +158,20 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
             synced = [w for w in caught if "synchroniz" in str(w.message).lower()]
             syncs = len(synced) / args.sync_iterations
         memory, memory_kind = peak_memory(device)
+
+        counted = args.warmup + args.iterations + (args.sync_iterations if device.type == "cuda" else 0)
+        reads = HostReads()
+        for i in range(counted, counted + args.sync_iterations):
+            with count_host_reads() as one:
+                iterate(i)
+            reads.update(one)
     finite = not bool(nonfinite.item())  # one sync after all timing
     return {
         "benchmark": "train_step",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
         "backbone": args.backbone,
         "backbone_width": args.backbone_width,
         "head_width": args.head_width,
@@ -179,6 +193,9 @@ def run_configuration(args: argparse.Namespace, device: torch.device, precision:
         "peak_memory_mib": round(memory, 1),
         "peak_memory_kind": memory_kind,
         "syncs_per_iteration": syncs,
+        "syncs_counted_by": "cuda_sync_debug_mode" if device.type == "cuda" else None,
+        "host_reads_per_iteration": reads.total / args.sync_iterations,
+        "host_reads": dict(reads),
         "finite": finite,
     }
 
@@ -202,7 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="optim.param_multiplicity: the reference's repeated backbone updates and/or plain SGD")
     parser.add_argument("--iterations", type=int, help="timed iterations per configuration: 30 (tiny: 2)")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (cudnn.benchmark): 10 (tiny: 1)")
-    parser.add_argument("--sync-iterations", type=int, default=3, help="iterations with sync counting (CUDA)")
+    parser.add_argument("--sync-iterations", type=int, default=3,
+                        help="iterations with sync counting (CUDA), then as many with host-read counting")
     parser.add_argument("--schedule", type=int, default=250_000, help="optim.iterations of the poly schedule")
     parser.add_argument("--threads", type=int, help="CPU threads: 0 = PyTorch's default (tiny: 1)")
     parser.add_argument("--tiny", action="store_true",

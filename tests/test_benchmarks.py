@@ -43,6 +43,8 @@ def test_train_step_benchmark_tiny_preset():
         assert record["s_per_iteration"] > 0 and record["iterations_per_s"] > 0
         assert record["peak_memory_mib"] > 0 and record["peak_memory_kind"] == "process_peak_rss"
         assert record["syncs_per_iteration"] == "n/a"
+        assert record["host_reads_per_iteration"] == 0 and record["host_reads"] == {}
+        assert record["torch"] and record["param_multiplicity"] == "reference"
         assert record["finite"] is True
         assert record["compile"] is False and record["channels_last"] is True
 

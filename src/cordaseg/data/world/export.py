@@ -14,6 +14,11 @@
 
 :func:`generate_world` renders both, in parallel processes, and records what it made in
 ``world.json``; a second call with the same specification returns at once.
+
+:func:`export_exact_depth` writes a view of the target tree whose stereo ``.mat`` files hold the
+renderer's exact depth instead of the simulated matcher's (train and val frames): the upper bound
+of target depth quality, for measuring how much CorDA depends on it and for scoring val
+predictions per range of distance.
 """
 
 from __future__ import annotations
@@ -161,6 +166,75 @@ def _make_frame(job: tuple) -> None:
     else:
         frame = render_frame(target_domain(shift), size, rng, stereo=True)
         _write_target(Path(root), stream, index, frame, rng)
+
+
+EXACT_DEPTH_MANIFEST = "exact_depth.json"
+
+
+def _write_exact_depth(job: tuple) -> None:
+    """Render one target frame again (same seed stream, so the same scene and camera) and write its
+    exact depth; a top-level function so worker processes can run it."""
+    split, index, root, size, shift, seed = job
+    frame = render_frame(target_domain(shift), size, _frame_rng(seed, split, index))
+    city, frame_id = _frame_id(split, index)
+    path = formats.cityscapes_paths(root, split, city, frame_id, depth="stereo").depth
+    # The sky (infinite depth) becomes 0, the stereo files' "no depth".
+    formats.write_stereo_depth_mat(path, np.where(np.isfinite(frame.depth), frame.depth, 0.0))
+
+
+def export_exact_depth(world_dir: str | Path, cfg: WorldConfig, out_dir: str | Path | None = None,
+                       splits: tuple[str, ...] = ("train", "val"), progress: bool = True,
+                       workers: int | None = None) -> Path:
+    """A Cityscapes tree at ``out_dir`` (default ``world_dir/target_exact_depth``) that shares the
+    target tree's images, labels and cameras by symbolic links and holds the exact rendered depth
+    of ``splits`` as stereo ``.mat`` files (metres, 0 in the sky).
+
+    Exact depth is the best target depth a method can get: no matcher noise, no holes at
+    occlusions, borders or far away; the geometry the labels were rendered from. The frames are
+    rendered again from their seeds (the world writes no exact target depth), which costs about
+    as much as rendering them the first time; ``exact_depth.json`` records what was written, so a
+    second call returns at once. ``world_dir`` must hold the world ``cfg`` describes.
+    """
+    world_dir = Path(world_dir)
+    target_root = world_dir / "target"
+    spec = _spec(cfg.num_source, cfg.num_target_train, cfg.num_target_val, cfg.size, cfg.shift, cfg.seed)
+    try:
+        recorded = json.loads((world_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    if recorded != spec:
+        raise DataError(f"{world_dir}: no finished world of this specification (render it first)")
+    for split in splits:
+        if split not in ("train", "val"):
+            raise DataError(f"exact depth splits are 'train' and 'val', got {split!r}")
+    out = Path(out_dir) if out_dir is not None else world_dir / "target_exact_depth"
+    manifest = out / EXACT_DEPTH_MANIFEST
+    wanted = {**spec, "splits": sorted(splits)}
+    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
+        return out
+    manifest.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for child in target_root.resolve().iterdir():
+        link = out / child.name
+        if child.name != "depth" and not (link.exists() or link.is_symlink()):
+            os.symlink(child, link, target_is_directory=child.is_dir())
+    counts = {"train": cfg.num_target_train, "val": cfg.num_target_val}
+    jobs = [(split, i, str(out), tuple(cfg.size), cfg.shift, cfg.seed) for split in splits for i in range(counts[split])]
+    workers = os.cpu_count() or 1 if workers is None else int(workers)
+    bar = tqdm(total=len(jobs), desc="exact target depth", unit="frame", disable=not progress)
+    if workers <= 0 or len(jobs) < 4:
+        for job in jobs:
+            _write_exact_depth(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_write_exact_depth, jobs, chunksize=8):
+                bar.update()
+    bar.close()
+    tmp = manifest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2))
+    tmp.replace(manifest)
+    return out
 
 
 def _spec(num_source, num_target_train, num_target_val, size, shift, seed) -> dict:

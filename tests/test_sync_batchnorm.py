@@ -1,7 +1,8 @@
 """Synchronised batch norm (cordaseg.engine.sync_batchnorm): two gloo processes with batch 1 each
 normalise, back-propagate and update their running statistics like one process with batch 2;
 in a single process it is plain batch norm; the converter keeps parameters, flags and state-dict
-keys."""
+keys; ``run.sync_batchnorm`` is a validated config option (the two-process training run with it is
+in test_engine_train.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from cordaseg.config import ConfigError
+from cordaseg.engine.config import load_train_config
 from cordaseg.engine.sync_batchnorm import SyncBatchNorm2d, convert_sync_batchnorm
 from cordaseg.models.backbone import DeepLabResNet
 
@@ -183,3 +186,10 @@ def test_backbone_batch_norm_freezing_still_applies_after_conversion():
     assert norms and all(type(m) is SyncBatchNorm2d for m in norms)
     assert all(not m.training for m in norms)  # frozen statistics: BN stays in eval mode
     assert all(not p.requires_grad for m in norms for p in m.parameters())  # frozen affine
+
+
+def test_config_option_is_validated():
+    assert load_train_config(None, ["run.sync_batchnorm=true"]).run.sync_batchnorm
+    assert not load_train_config(None, []).run.sync_batchnorm  # off unless asked for
+    with pytest.raises(ConfigError, match="run.sync_batchnorm"):
+        load_train_config(None, ["run.sync_batchnorm=maybe"])

@@ -97,6 +97,11 @@ class RunConfig:
     """DataLoader worker processes per dataset and per process (0: load in the main process)."""
     auto_resume: bool = True
     """Resume from the newest checkpoint in out_dir when there is one (otherwise that is an error)."""
+    sync_batchnorm: bool = False
+    """Under torchrun, every batch-norm layer of the student and of the EMA teacher normalises with
+    the mean and variance of the global batch (all processes), as the reference's
+    use_sync_batchnorm: 2 processes of batch 1 then train like 1 process of batch 2. Costs one
+    all-reduce per layer and pass. In a single process batch norm stays exactly plain (a warning)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:

@@ -46,6 +46,7 @@ from cordaseg.engine.iteration import (
     train_iteration,
 )
 from cordaseg.engine.logging import RunLogger, image_panels, progress_bar
+from cordaseg.engine.sync_batchnorm import convert_sync_batchnorm
 from cordaseg.errors import CheckpointError, CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.models.checkpoint import (
@@ -210,6 +211,12 @@ class _Run:
         elif plan.resume is None:
             warnings.warn("checkpoint.init is not set: training from randomly initialised weights "
                           "(the paper starts from a COCO-pretrained DeepLabV2)", stacklevel=2)
+        if cfg.run.sync_batchnorm and ctx.enabled:
+            # Before the teacher is copied: its batch statistics are global too, as the reference
+            # converts both models.
+            student = convert_sync_batchnorm(student)
+        elif cfg.run.sync_batchnorm:
+            warnings.warn("run.sync_batchnorm: a single process, so batch norm stays plain", stacklevel=2)
         student.to(device)
         if cfg.run.channels_last:
             student.to(memory_format=torch.channels_last)

@@ -23,7 +23,8 @@ from cordaseg.errors import CheckpointError, CordasegError
 from cordaseg.models.checkpoint import atomic_save
 
 # The loader's depth kind for each export format.
-LOADER_KIND = {"cityscapes-mono": "mono", "gta-disparity": "disparity", "stereo-mat": "stereo"}
+LOADER_KIND = {"cityscapes-mono": "mono", "gta-disparity": "disparity", "stereo-mat": "stereo",
+               "synthia-depth": "synthia"}
 TINY_MODEL = {"encoder_width": 8, "decoder_width": 4, "min_depth": 5.0}  # untrained: ~10 m
 
 
@@ -42,7 +43,12 @@ def test_round_trip_through_each_encoding(tmp_path, fmt):
     assert decoded.dtype == np.float32 and decoded.shape == depth_m.shape
     assert np.all(decoded[~valid] == formats.INVALID_DEPTH)
     expected = inverse_depth_value(depth_m)[valid]
-    tolerance = 0.5 / 256 + 1e-6 if fmt != "stereo-mat" else 1e-5 * expected
+    if fmt == "stereo-mat":
+        tolerance = 1e-5 * expected
+    elif fmt == "synthia-depth":  # half a centimetre of depth, in the loader's value
+        tolerance = expected * 0.005 / depth_m[valid] + 1e-3
+    else:
+        tolerance = 0.5 / 256 + 1e-6
     assert np.all(np.abs(decoded[valid] - expected) <= tolerance)
     assert np.all(decoded[valid] > formats.INVALID_DEPTH)  # a prediction is never read as invalid
 

@@ -118,17 +118,21 @@ def write_synthia_label_png(path: str | Path, class_ids: np.ndarray, instance_id
     _cv2_write(_prepare(path), bgr)
 
 
-def write_synthia_depth_png(path: str | Path, depth_cm: np.ndarray) -> None:
+def write_synthia_depth_png(path: str | Path, depth_cm: np.ndarray, *, equal_channels: bool = False) -> None:
     """Write SYNTHIA ``Depth/Depth``: 16-bit RGB with the depth in centimetres in R, G and B zero.
 
     Zero G/B channels make the file fail loudly with readers that average channels
-    (``IMREAD_ANYDEPTH``), which is the trap the real files set.
+    (``IMREAD_ANYDEPTH``), which is the trap the real files set. ``equal_channels`` writes the
+    depth in all three channels instead, as the real files are described, so that such readers
+    (the reference code's) also get the right value: what a depth export writes.
     """
     depth_cm = np.asarray(depth_cm)
     if depth_cm.dtype != np.uint16 or depth_cm.ndim != 2:
         raise ValueError(f"expected (H, W) uint16 centimetres, got {depth_cm.dtype} {depth_cm.shape}")
     bgr = np.zeros((*depth_cm.shape, 3), dtype=np.uint16)
     bgr[..., 2] = depth_cm
+    if equal_channels:
+        bgr[..., 0] = bgr[..., 1] = depth_cm
     _cv2_write(_prepare(path), bgr)
 
 

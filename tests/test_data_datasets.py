@@ -95,6 +95,25 @@ def test_synthia_depth_and_both_label_kinds(tmp_path):
     assert raw_item["label"][0, 3] == 0 and raw_item["label"][2, 0] == 255
 
 
+def test_synth_cli_writes_synthia_depth_in_three_equal_channels(tmp_path):
+    from cordaseg.cli import main
+
+    assert main(["data", "synth", "--format", "synthia", "--out", str(tmp_path), "--num", "1",
+                 "--size", "40x24", "--seed", "3"]) == 0
+    path = str(tmp_path / "Depth" / "Depth" / "0000000.png")
+    stored = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert stored.dtype == np.uint16 and stored.shape == (24, 40, 3)
+    np.testing.assert_array_equal(stored[..., 0], stored[..., 2])
+    np.testing.assert_array_equal(stored[..., 1], stored[..., 2])
+    np.testing.assert_array_equal(cv2.imread(path, cv2.IMREAD_ANYDEPTH), stored[..., 2])  # the reference's read
+    centimetres = stored[..., 2].astype(np.float64)
+    assert len(np.unique(centimetres)) > 5 and (centimetres == 65535).any()  # the sky saturates 16 bits
+    item = _eval_item(DatasetConfig(format="synthia", root=str(tmp_path), eval_size=None))
+    expected = (655.36 / (centimetres / 100 + 0.01)).astype(np.float32)
+    np.testing.assert_allclose(item["depth"].numpy(), expected, rtol=1e-6)
+    assert (item["depth"].numpy()[centimetres == 65535] == 1.0).all()
+
+
 def _reference_crop(array, resample, target, window, flip, library="pil"):
     """Resize the whole frame with PIL or OpenCV, then crop: what the one-step geometry must equal."""
     if library == "opencv":

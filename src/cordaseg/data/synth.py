@@ -1,12 +1,13 @@
-"""Small format-faithful dataset trees (spec section 5) for tests and for trying the tool.
+"""Small format-faithful dataset trees (the file formats of :mod:`cordaseg.data.formats`) for tests
+and for trying the tool.
 
 :func:`generate_tree` writes GTA5, SYNTHIA-RAND-CITYSCAPES or Cityscapes trees in exactly the real
 layouts and encodings (palette label PNGs, 16-bit PNGs, SYNTHIA's multi-channel 16-bit labels and
-depth, the stereo ``.mat`` and the mono disparity PNGs, right images and camera files), filled
-with simple street scenes: a ground plane (road, sidewalk, terrain) under the horizon, building
-facades, vegetation, poles, signs, cars and people standing on the ground, and sky. Depth is
-consistent with that geometry (a pinhole camera 1.5 m above a flat ground), so the depth of an
-object equals the ground depth at its foot and nearer objects occlude farther ones.
+depth (in three equal channels), the stereo ``.mat`` and the mono disparity PNGs, right images and
+camera files), filled with simple street scenes: a ground plane (road, sidewalk, terrain) under
+the horizon, building facades, vegetation, poles, signs, cars and people standing on the ground,
+and sky. Depth is consistent with that geometry (a pinhole camera 1.5 m above a flat ground), so
+the depth of an object equals the ground depth at its foot and nearer objects occlude farther ones.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CITYSCAPES_CITIES: dict[str, tuple[str, ...]] = {
     "val": ("frankfurt", "lindau"),
 }
 CAMERA_HEIGHT_M = 1.5
-# Cityscapes stereo rig at 2048 px width (spec section 8); scaled with the image width.
+# Cityscapes stereo rig at 2048 px width (its camera files); scaled with the image width.
 CITYSCAPES_BASELINE_M = 0.21
 CITYSCAPES_FX_AT_2048 = 2262.52
 MAX_DEPTH_M = 400.0
@@ -197,7 +198,8 @@ def _write_synthia(out: Path, index: int, scene: Scene) -> None:
     formats.write_synthia_label_png(raw.label, class_ids, scene.instance_ids)
     formats.write_gray_label_png(mapped.label, class_ids.astype(np.uint8))
     depth_m = np.where(np.isfinite(scene.depth_m), scene.depth_m, 1000.0)  # sky saturates 16 bits
-    formats.write_synthia_depth_png(raw.depth, formats.encode_synthia_depth(depth_m))
+    # Three equal channels, as the real files: the reference's greyscale read equals the red channel.
+    formats.write_synthia_depth_png(raw.depth, formats.encode_synthia_depth(depth_m), equal_channels=True)
 
 
 def _write_cityscapes(out: Path, split: str, city: str, frame_id: str, scene: Scene, depth: str,

@@ -1,6 +1,6 @@
 """Turning a depth model's raw output into metric depth: scale, shift and stereo calibration.
 
-Two kinds of raw output (see ``docs/`` of the model families and the README's depth section):
+Two kinds of raw output (see the README's depth section):
 
 - **depth** (a stereo-trained checkpoint, a metric model such as ZoeDepth or Depth Anything
   metric, or a monocular checkpoint known up to one factor): ``Z = scale * raw``;

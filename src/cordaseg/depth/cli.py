@@ -1,4 +1,4 @@
-"""``cordaseg depth train | export | check``: depth for CorDA (spec sections 5 and 8).
+"""``cordaseg depth train | export | check``: depth for CorDA (README, "Self-supervised depth").
 
 ``train`` runs :func:`cordaseg.depth.trainer.train_depth` from a YAML config with ``key=value``
 overrides; ``export`` writes the depth files of a tree in one of the encodings CorDA reads
@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="local folder of a transformers depth-estimation model "
                                         "(needs pip install 'cordaseg[depth]')")
     export.add_argument("--data", required=True, help="root of the tree whose images get depth")
-    export.add_argument("--format", required=True, choices=FORMAT_CHOICES, help="depth file encoding (spec section 5)")
+    export.add_argument("--format", required=True, choices=FORMAT_CHOICES, help="depth file encoding (README, Datasets)")
     export.add_argument("--out", default=None, help="root to write under (default: the --data tree itself)")
     export.add_argument("--split", default="train", help="Cityscapes split (default train)")
     export.add_argument("--size", type=size_wxh, default=None,

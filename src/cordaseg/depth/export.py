@@ -1,4 +1,4 @@
-"""Exporting depth as the depth files CorDA reads (spec section 5), from the self-supervised
+"""Exporting depth as the depth files CorDA reads (README, "Datasets"), from the self-supervised
 network of this package or from a pretrained depth model (:mod:`cordaseg.depth.pretrained`).
 
 Four encodings, each written where the dataset loader looks for it, so ``cordaseg train`` reads

@@ -1,6 +1,6 @@
 """Depth from a pretrained depth-estimation model of Hugging Face ``transformers``.
 
-CorDA only needs depth that costs no labels (paper section 4.1); a model pretrained elsewhere
+CorDA only needs depth that costs no labels (Wang et al., ICCV 2021); a model pretrained elsewhere
 (Depth Anything, DPT, ZoeDepth, ...) is a third source beside the stereo-matcher files and the
 self-supervised network of this package. :func:`load_pretrained_depth` opens any folder that
 ``AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)`` loads, with the

@@ -9,16 +9,20 @@ A project checkpoint is a dict that ``torch.load(..., weights_only=True)`` reads
 
 Reference files (training checkpoints with ``model`` / ``ema_model`` / ``optimizer`` /
 ``iteration`` / ``config``, or bare state dicts, ``module.``-prefixed or not) are converted in
-memory by :mod:`cordaseg.models.convert`. They are old pickles: they are read with
-``weights_only=True`` where that works; a file that needs full unpickling (which can run code) is
-only read when the caller passes ``trust_pickle=True`` after the user has been told.
+memory by :mod:`cordaseg.models.convert`. They are old pickles. :func:`read_file` first finds
+out what a file is without unpickling it (:mod:`cordaseg.models.checkpoint_scan`): a file that is
+empty, damaged or not a checkpoint is reported as such; a pickle that references commands
+(``posix.system``, ``builtins.eval``, ...) is never unpickled; a *full pickle* (globals outside
+torch's ``weights_only`` allow-list, e.g. the reference's NumPy scalars) is only read when the
+caller passes ``trust_pickle=True`` after the user has been told.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import torch
 
 from cordaseg.config import ConfigError, from_dict, to_dict
 from cordaseg.errors import CheckpointError
+from cordaseg.models.checkpoint_scan import scan_checkpoint
 from cordaseg.models.convert import (
     check_keys,
     detect_variant,
@@ -39,25 +44,62 @@ FORMAT = "cordaseg"
 FORMAT_VERSION = 1
 
 
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch's zip writer turns it
+    into an unhelpful RuntimeError ("unexpected pos ..."), the OSError says what happened."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a partial file.
+    A crash at any moment leaves either the old file or the new one, never a partial file. A
+    failed write (a full disk, a lost mount) removes the temporary file and raises an OSError
+    that names ``path``, such as "No space left on device".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer = _WriteErrors(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as err:
+                if writer.error is None:
+                    raise
+                raise _naming(writer.error, path) from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _naming(err, path) from err
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its file name (the temporary name means nothing to the user)."""
+    code = err.errno or errno.EIO
+    return OSError(code, err.strerror or os.strerror(code), str(path))
 
 
 def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
@@ -72,24 +114,52 @@ def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dic
     }
 
 
-def read_file(path: str | Path, trust_pickle: bool = False) -> Any:
-    """Load any checkpoint file onto the CPU, safely unless ``trust_pickle``."""
+TRUST_HINT = "pass --trust-pickle (trust_pickle=True)"
+"""How a command that can read full pickles lets the user say that a file is trusted."""
+
+
+def read_file(path: str | Path, trust_pickle: bool = False, trust_hint: str | None = None) -> Any:
+    """Load any checkpoint file onto the CPU, safely unless ``trust_pickle``.
+
+    What the file is gets decided before anything is unpickled (see the module docstring); every
+    failure is a CheckpointError that says what the file is. ``trust_hint`` tells the user how to
+    trust a full pickle with the command at hand, e.g. :data:`TRUST_HINT`; None (the default) where
+    the caller only reads files that cordaseg wrote, which never need it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-        if not trust_pickle:
+    scan = scan_checkpoint(path)
+    if not scan.is_checkpoint:
+        raise CheckpointError(f"{path}: {scan.detail}")
+    dangerous = scan.code_running_globals
+    if dangerous:
+        raise CheckpointError(
+            f"{path}: refusing to unpickle it: its pickle references {', '.join(dangerous)}, which runs "
+            "commands or code; no checkpoint needs that (the file is malicious or was tampered with)"
+        )
+    unsafe = scan.unsafe_globals
+    if unsafe and not trust_pickle:
+        names = ", ".join(unsafe[:4]) + (f" and {len(unsafe) - 4} more" if len(unsafe) > 4 else "")
+        if trust_hint is None:
             raise CheckpointError(
-                f"{path}: cannot be read with weights_only=True ({str(err).splitlines()[0]}). It is a "
-                "full pickle, and unpickling can run code: if you trust this file, pass --trust-pickle "
-                "(trust_pickle=True)"
-            ) from err
+                f"{path}: a full pickle (it references {names}, outside torch's weights_only allow-list); "
+                "files written by cordaseg never are, so this is not one of them"
+            )
+        raise CheckpointError(
+            f"{path}: a full pickle: it references {names}, outside torch's weights_only allow-list, and "
+            f"unpickling runs their code. If you trust where the file came from, {trust_hint}"
+        )
+    # Files pickled with protocol 3+ use opcodes that torch's restricted unpickler lacks; when the
+    # scan found only allow-listed globals there, the full unpickler runs no other code either.
+    weights_only = not unsafe and scan.protocol <= 2
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a corrupt file: say which one
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its pickle needs code that is not installed ({err})") from err
+    except Exception as err:  # the bytes looked right but do not load: say which file
+        detail = str(err).strip().splitlines()
+        raise CheckpointError(f"{path}: a damaged checkpoint ({detail[0] if detail else type(err).__name__})") from err
 
 
 def is_project_checkpoint(obj: Any) -> bool:
@@ -137,7 +207,7 @@ def convert_reference(obj: Any, path: str | Path = "<memory>", variant: str | No
 def convert_file(src: str | Path, dst: str | Path, variant: str | None = None,
                  trust_pickle: bool = False) -> dict[str, Any]:
     """Convert a reference file ``src`` into a project checkpoint at ``dst``; returns a summary."""
-    obj = read_file(src, trust_pickle=trust_pickle)
+    obj = read_file(src, trust_pickle=trust_pickle, trust_hint=TRUST_HINT)
     if is_project_checkpoint(obj):
         raise CheckpointError(f"{src} is already a cordaseg checkpoint")
     payload = convert_reference(obj, src, variant)
@@ -168,7 +238,7 @@ def load_model(path: str | Path, weights: str = "student", variant: str | None =
     """
     if weights not in ("student", "teacher"):
         raise CheckpointError(f"weights must be 'student' or 'teacher', got {weights!r}")
-    obj = read_file(path, trust_pickle=trust_pickle)
+    obj = read_file(path, trust_pickle=trust_pickle, trust_hint=TRUST_HINT)
     if is_project_checkpoint(obj):
         version = obj.get("format_version")
         if version != FORMAT_VERSION:

@@ -201,9 +201,9 @@ def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor] 
     shape differs.
     """
     if isinstance(state, (str, Path)):
-        from cordaseg.models.checkpoint import read_file  # the reader lives beside the format
+        from cordaseg.models.checkpoint import TRUST_HINT, read_file  # the reader lives beside the format
 
-        path, state = state, read_file(state, trust_pickle=trust_pickle)
+        path, state = state, read_file(state, trust_pickle=trust_pickle, trust_hint=TRUST_HINT)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

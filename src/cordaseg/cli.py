@@ -1,17 +1,26 @@
 """The ``cordaseg`` command line: thin subcommands that parse arguments and call the library.
 
 Each feature package owns its subcommands in a ``cli`` module with a ``register(subparsers)``
-function; this file only collects them. Errors about the user's input (:class:`CordasegError`)
-are printed as one line naming the file, key or value, with exit status 2.
+function; this file only collects them, and owns the one error path of every command: an error
+about the user's input (:class:`CordasegError`) or an expected file-system failure (a missing or
+read-only path, a full disk, ...) is printed as one line ``cordaseg: error: <file or key>: <cause>``
+with exit status 2; the traceback only with ``--debug``. Warnings of the package print as one
+line ``cordaseg: warning: ...`` (without the source line Python's warnings module adds).
+
+``key=value`` overrides may come before and after options (``train a=1 --resume CKPT b=2``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import re
 import sys
+import warnings
+from pathlib import Path
 
-from cordaseg.errors import CordasegError
+from cordaseg.errors import CordasegError, one_line
 
 # Modules whose ``register(subparsers)`` adds subcommands, in the order of ``cordaseg --help``.
 COMMAND_MODULES = (
@@ -24,29 +33,98 @@ COMMAND_MODULES = (
     "cordaseg.demo.cli",
 )
 
+# File-system failures that are about the user's paths or machine, not bugs: one line, no traceback.
+EXPECTED_ERRNOS = frozenset({
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+    errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
+})
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cordaseg",
         description="Domain-adaptive semantic segmentation guided by self-supervised depth (CorDA).",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def is_override(token: str) -> bool:
+    """True for a ``key=value`` config override (never a path, never an option)."""
+    return bool(_OVERRIDE.match(token))
+
+
+def _plain_warnings(show_other):
+    """A ``warnings.showwarning`` that prints the package's own warnings as one line and hands
+    the others to ``show_other``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+            print(f"cordaseg: warning: {message}", file=file or sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _end_progress_bars() -> None:
+    """Close progress bars that an error left open, so that the message starts on its own line."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
+def _fail(message: str) -> int:
+    _end_progress_bars()
+    print(f"cordaseg: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_error_message(err: OSError) -> str:
+    cause = err.strerror or str(err)
+    if err.filename is None:
+        return cause
+    target = f" -> {err.filename2}" if getattr(err, "filename2", None) else ""
+    return f"{err.filename}{target}: {cause}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        status = args.func(args)
-    except CordasegError as err:
-        print(f"cordaseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"cordaseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    args, extras = parser.parse_known_args(argv)
+    debug = args.debug or "--debug" in extras
+    extras = [token for token in extras if token != "--debug"]
+    if extras:
+        # argparse stops filling a positional list at the first option; the rest of the overrides
+        # (``train a=1 --resume CKPT b=2``) arrive here, in order.
+        if hasattr(args, "overrides") and all(is_override(t) for t in extras):
+            args.overrides = [*(args.overrides or []), *extras]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _plain_warnings(warnings.showwarning)
+        try:
+            status = args.func(args)
+        except CordasegError as err:
+            if debug:
+                raise
+            return _fail(one_line(str(err)))
+        except OSError as err:
+            if debug or err.errno not in EXPECTED_ERRNOS:
+                raise
+            return _fail(_os_error_message(err))
+        except KeyboardInterrupt:
+            _end_progress_bars()
+            print(f"cordaseg {args.command}: interrupted", file=sys.stderr)
+            return 130
     return int(status or 0)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from cordaseg.errors import CordasegError
+from cordaseg.errors import CordasegError, one_line
 
 T = TypeVar("T")
 
@@ -171,9 +171,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save the config as UTF-8") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{path}: not valid YAML ({one_line(str(err))})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,7 +4,9 @@
 label or depth partner, unreadable or truncated file, image / label / depth sizes that do not
 pair, wrong bit depth or channel count, label values outside the dataset's known IDs, depth that
 is all invalid. :func:`quick_check` is the cheap version the trainer runs before it starts: every
-partner file must exist and the first and last few frames must decode cleanly.
+partner file must exist, the sizes in the headers of every frame must pair, and the first and last
+few frames must decode cleanly. :func:`check_labels` is what ``cordaseg evaluate`` runs first:
+every label decoded and checked as ``data check`` does, and refused where it would score wrongly.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cordaseg.data import formats
-from cordaseg.data.datasets import DatasetConfig, SampleRecord, find_samples, read_depth
-from cordaseg.data.labels import CITYSCAPES_KNOWN_LABEL_IDS, SYNTHIA_KNOWN_IDS
+from cordaseg.data.datasets import DatasetConfig, SampleRecord, find_samples, label_table, read_depth
+from cordaseg.data.labels import CITYSCAPES_KNOWN_LABEL_IDS, IGNORE_INDEX, SYNTHIA_KNOWN_IDS
 from cordaseg.errors import DataError
 
 # Problem kinds, in the order the summary lists them.
@@ -93,34 +95,46 @@ def _check_image(path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
 
 
 def _check_label(cfg: DatasetConfig, path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
+    problems, size, _ = _check_label_ids(cfg, path)
+    return problems, size
+
+
+def _check_label_ids(cfg: DatasetConfig, path: Path
+                     ) -> tuple[list[Problem], tuple[int, int] | None, np.ndarray | None]:
+    """(problems, size, stored label IDs) of one label file; the IDs are None where unreadable."""
+    problems, size, ids = _decode_label(cfg, path)
+    if ids is not None and not problems:
+        unknown = _unknown_values(ids, _known_ids(cfg))
+        if unknown:
+            shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+            known = _known_ids(cfg)
+            problems = [Problem(path, "label_values", f"label values outside the {cfg.format} IDs "
+                                                      f"{known.min()}..{known.max()}: {shown}")]
+    return problems, size, ids
+
+
+def _decode_label(cfg: DatasetConfig, path: Path
+                  ) -> tuple[list[Problem], tuple[int, int] | None, np.ndarray | None]:
     if cfg.format == "synthia" and cfg.synthia_labels == "raw":
         array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if array is None:
-            return [Problem(path, "unreadable", "cannot decode the label (unreadable or truncated)")], None
+            return [Problem(path, "unreadable", "cannot decode the label (unreadable or truncated)")], None, None
         channels = 1 if array.ndim == 2 else array.shape[2]
         if array.dtype != np.uint16 or channels < 3:
             return [Problem(path, "format", f"SYNTHIA GT/LABELS must be 16-bit with >= 3 channels, got "
-                                            f"{array.dtype} with {channels} channel(s)")], array.shape[:2]
+                                            f"{array.dtype} with {channels} channel(s)")], array.shape[:2], None
         ids = array[..., 2]  # class ID in R (index 2 of BGR)
-        size = ids.shape
-    else:
-        try:
-            with Image.open(path) as image:
-                mode = image.mode
-                ids = np.asarray(image)
-        except (OSError, SyntaxError, ValueError) as err:
-            return [Problem(path, "unreadable", f"cannot decode the label ({err})")], None
-        if mode not in ("P", "L"):
-            return [Problem(path, "format", f"label PNG has mode {mode}, expected one 8-bit channel "
-                                            "(palette or greyscale)")], ids.shape[:2]
-        size = ids.shape
-    unknown = _unknown_values(ids, _known_ids(cfg))
-    if unknown:
-        shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
-        known = _known_ids(cfg)
-        return [Problem(path, "label_values", f"label values outside the {cfg.format} IDs "
-                                              f"{known.min()}..{known.max()}: {shown}")], size
-    return [], size
+        return [], ids.shape, ids
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            ids = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as err:
+        return [Problem(path, "unreadable", f"cannot decode the label ({err})")], None, None
+    if mode not in ("P", "L"):
+        return [Problem(path, "format", f"label PNG has mode {mode}, expected one 8-bit channel "
+                                        "(palette or greyscale)")], ids.shape[:2], None
+    return [], ids.shape, ids
 
 
 def _check_depth(cfg: DatasetConfig, path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
@@ -235,24 +249,89 @@ def check_tree(cfg: DatasetConfig, workers: int = 4, progress: bool = True) -> C
     return report
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) read from an image file's header without decoding its pixels; None where the header
+    cannot tell (a ``.mat`` file, a PNG layout PIL does not open)."""
+    if path.suffix.lower() != ".png":
+        return None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError):
+        return None  # decoding reports it where the frame is decoded
+    return height, width
+
+
+def check_header_sizes(record: SampleRecord) -> list[Problem]:
+    """A size problem when the headers of a frame's files disagree (nothing is decoded)."""
+    sizes = {}
+    for what, path in (("image", record.image), ("label", record.label), ("depth", record.depth)):
+        if path is not None and path.is_file():
+            size = header_size(path)
+            if size is not None:
+                sizes[what] = size
+    if "image" in sizes and len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{what} {w}x{h}" for what, (h, w) in sizes.items())
+        return [Problem(record.image, "size", f"sizes do not pair: {listed}")]
+    return []
+
+
+def _refuse(cfg: DatasetConfig, problems: list[Problem]) -> None:
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    raise DataError(f"{problems[0]}{more}; run 'cordaseg data check --format {cfg.format} "
+                    f"--root {cfg.root}' for the full list")
+
+
 def quick_check(cfg: DatasetConfig, decode: int = 2) -> int:
-    """Cheap pre-training check: frames exist, every partner file exists, and the first and last
-    ``decode`` frames decode without problems. Returns the number of frames; raises
-    :class:`DataError` naming the first bad file. Size mismatches are tolerated for GTA5 and
-    SYNTHIA, whose fixed training resize makes them harmless."""
+    """Cheap pre-training check: frames exist, every partner file exists, the sizes in the headers
+    of every frame pair, and the first and last ``decode`` frames decode without problems.
+    Returns the number of frames; raises :class:`DataError` naming the first bad file. Size
+    mismatches are tolerated for GTA5 and SYNTHIA, whose fixed training resize makes them
+    harmless (the real GTA5 release has frames whose label size differs from the image's)."""
     records = find_samples(cfg)
     if not records:
         raise DataError(f"{cfg.root}: no {cfg.format} frames found (split {cfg.split!r})")
     problems = [p for r in records for p in check_record(cfg, r, decode=False)]
+    if not problems:
+        problems = [p for r in records for p in check_header_sizes(r)]
     sampled = records[:decode] + records[max(decode, len(records) - decode):]
     problems += [p for r in sampled for p in check_record(cfg, r)]
     if cfg.format in ("gta5", "synthia"):
         problems = [p for p in problems if p.kind != "size"]
     if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise DataError(f"{problems[0]}{more}; run 'cordaseg data check --format {cfg.format} "
-                        f"--root {cfg.root}' for the full list")
+        _refuse(cfg, problems)
     return len(records)
+
+
+def _label_problems(cfg: DatasetConfig, record: SampleRecord) -> list[Problem]:
+    if record.label is None:
+        return []
+    if not record.label.is_file():
+        return [_missing(record.label, "label", cfg, record)]
+    problems, size, ids = _check_label_ids(cfg, record.label)
+    image_size = header_size(record.image) if record.image.is_file() else None
+    if size is not None and image_size is not None and tuple(size) != image_size:
+        problems.append(Problem(record.label, "size", f"label is {size[1]}x{size[0]}, its image "
+                                                      f"{image_size[1]}x{image_size[0]}"))
+    if ids is not None and not problems and np.all(label_table(cfg)[ids] == IGNORE_INDEX):
+        problems.append(Problem(record.label, "label_values",
+                                f"every pixel maps to ignore ({IGNORE_INDEX}): is it a file of train IDs "
+                                "saved under the label-ID name?"))
+    return problems
+
+
+def check_labels(cfg: DatasetConfig, records: list[SampleRecord], workers: int = 4) -> int:
+    """Decode every label of ``records`` as ``data check`` does; raise :class:`DataError` naming
+    the first label that is unreadable, has values outside the dataset's IDs, a size other than
+    its image's (Cityscapes), or maps entirely to ignore (train IDs saved under the label-ID name).
+    Returns the number of labels checked."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # decoders release the GIL
+        problems = [p for found in pool.map(lambda r: _label_problems(cfg, r), records) for p in found]
+    if cfg.format in ("gta5", "synthia"):  # as in quick_check: the scored label keeps its own size
+        problems = [p for p in problems if p.kind != "size"]
+    if problems:
+        _refuse(cfg, problems)
+    return sum(r.label is not None for r in records)
 
 
 def check_config_for_split(cfg: DatasetConfig, split: str) -> DatasetConfig:

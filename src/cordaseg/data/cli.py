@@ -14,6 +14,7 @@ import sys
 from cordaseg.cli_types import positive_int, size_wxh
 from cordaseg.config import ConfigError
 from cordaseg.data.synth import FORMATS, REAL_SIZES
+from cordaseg.outputs import check_empty_or_new_folder
 
 DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
 
@@ -25,6 +26,7 @@ DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
 def _synth(args: argparse.Namespace) -> int:
     from cordaseg.data.synth import generate_tree
 
+    check_empty_or_new_folder(args.out, "--out", overwrite=args.overwrite)
     depth = args.depth or "both"
     out = generate_tree(args.format, args.out, args.num, size=args.size, seed=args.seed, depth=depth,
                         layout=args.layout)
@@ -80,7 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write a small dataset tree with the exact layout and file encodings of the real "
                     "dataset, filled with simple street scenes whose depth matches their geometry.")
     synth.add_argument("--format", required=True, choices=FORMATS, help="dataset layout to write")
-    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--out", required=True, help="output folder (new or empty)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="write into a folder that already holds files (frames of the same names are replaced)")
     synth.add_argument("--num", type=positive_int, default=4, help="frames (per split for Cityscapes; default 4)")
     synth.add_argument("--size", type=size_wxh, default=None,
                        help="frame size WxH (default: the real size of the format)")

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cordaseg.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -46,23 +48,39 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> this rank's CUDA device if there is one, else the CPU."""
+def resolve_device(requested: str, local_rank: int = 0, key: str = "--device") -> torch.device:
+    """``"auto"`` -> this rank's CUDA device if there is one, else the CPU; ``"cuda"`` -> this
+    rank's CUDA device. A name that is not a device, or a CUDA device this machine lacks, is a
+    ConfigError naming ``key`` (the option or config key the name came from)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{key}: {requested!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ConfigError(f"{key}: {requested!r} is not supported here (auto, cpu, cuda or cuda:N)")
+    if not torch.cuda.is_available():
+        why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"{key}: {requested!r} asks for a GPU, but {why}; use cpu (or auto)")
+    index = local_rank if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {requested!r} asks for CUDA device {index}, but this machine has "
+                          f"{torch.cuda.device_count()}")
+    return torch.device("cuda", index)
 
 
-def init(requested_device: str = "auto") -> DistributedContext:
-    """Start the process group when launched by torchrun; return this process's context."""
+def init(requested_device: str = "auto", key: str = "--device") -> DistributedContext:
+    """Start the process group when launched by torchrun; return this process's context.
+    ``key`` names where ``requested_device`` came from, for the error of a bad name."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return DistributedContext(device=resolve_device(requested_device))
+        return DistributedContext(device=resolve_device(requested_device, key=key))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ["WORLD_SIZE"])
-    device = resolve_device(requested_device, local_rank)
+    device = resolve_device(requested_device, local_rank, key=key)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"

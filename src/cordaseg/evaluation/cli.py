@@ -15,6 +15,7 @@ from typing import Any
 from cordaseg.cli_types import size_wxh
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
 from cordaseg.errors import CordasegError
+from cordaseg.outputs import check_folder
 
 
 def _input_size(text: str) -> tuple[int, int] | None:
@@ -45,6 +46,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("student", "teacher"), default="student",
                    help="which weights of a training checkpoint (default: student, as the paper evaluates)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling of an old reference checkpoint that weights_only loading cannot "
+                        "read (runs code from the file; files that reference commands are refused anyway)")
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
@@ -193,6 +197,20 @@ def build_eval_dataset(args: argparse.Namespace):
     return dataset
 
 
+def check_evaluation_labels(dataset) -> None:
+    """Refuse labels that would score wrongly (a size that does not pair with the image, values
+    outside the label IDs, a train-ID file under the label-ID name), before any model is loaded."""
+    from torch.utils.data import Subset
+
+    from cordaseg.data.check import check_labels
+
+    if isinstance(dataset, Subset):
+        base, records = dataset.dataset, [dataset.dataset.records[i] for i in dataset.indices]
+    else:
+        base, records = dataset, dataset.records
+    check_labels(base.cfg, records)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from cordaseg.engine import distributed
     from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
@@ -202,10 +220,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_workers < 0 or args.max_images < 0 or args.samples < 0:
         raise CordasegError("--batch-size must be >= 1; --num-workers, --max-images and --samples >= 0")
     inference = _inference_config(args)
+    for option, folder in (("--out", args.out), ("--report", args.report)):
+        if folder:  # before the evaluation, not after it
+            check_folder(folder, option)
     ctx = distributed.init(args.device)
     try:
         dataset = build_eval_dataset(args)
-        model, model_cfg = load_model(args.checkpoint, weights=args.weights, map_location=ctx.device)
+        check_evaluation_labels(dataset)
+        model, model_cfg = load_model(args.checkpoint, weights=args.weights, map_location=ctx.device,
+                                      trust_pickle=args.trust_pickle)
         result = evaluate_segmentation(
             model, dataset, device=ctx.device, num_classes=model_cfg.num_classes, output_size=args.output_size,
             batch_size=args.batch_size, distributed=ctx.enabled, progress=not args.no_progress,
@@ -239,8 +262,10 @@ def run_predict(args: argparse.Namespace) -> int:
         write_depth=not args.no_depth, write_overlay=not args.no_overlay, write_label_ids=args.label_ids,
         write_logits=args.logits,
     )
+    check_folder(args.out, "--out")
     device = resolve_device(args.device)
-    model, _ = load_model(args.checkpoint, weights=args.weights, map_location=device)
+    model, _ = load_model(args.checkpoint, weights=args.weights, map_location=device,
+                          trust_pickle=args.trust_pickle)
     written = predict_files(model, args.inputs, args.out, config, device=device, progress=not args.no_progress)
     print(f"wrote {len(written)} files under {args.out}")
     return 0

@@ -13,6 +13,10 @@ files, each under its own sub-folder of the output folder and named like the inp
   scripts and the benchmark server (one file per frame in its own folder, as they require);
 - ``logits/`` (on request): the averaged semantic logits (C, h, w) float32 ``.npy`` at the
   inference size (before the final upsampling).
+
+The segmentation is the argmax of the logits upsampled to the file size, computed in horizontal
+strips (:func:`upsampled_argmax`): the full-size logits of a large image (19 x H x W floats, 4.9 GB
+for 8000x8000) never exist at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -65,8 +70,12 @@ class PredictConfig:
     """Weight of the palette colours in the overlay."""
     mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
     """Mean subtracted from the BGR image (the model's training normalisation)."""
+    strip_rows: int = 256
+    """Output rows upsampled and reduced to labels at a time (bounds the memory of large images)."""
 
     def __post_init__(self) -> None:
+        if self.strip_rows < 1:
+            raise ConfigError(f"strip_rows: {self.strip_rows} must be >= 1")
         if self.input_size is not None and min(self.input_size) < 1:
             raise ConfigError(f"input_size: {self.input_size} must be positive (W, H)")
         if not 0.0 <= self.overlay_alpha <= 1.0:
@@ -126,6 +135,35 @@ def prepare_image(image_bgr: np.ndarray, config: PredictConfig) -> torch.Tensor:
     return torch.from_numpy(normalize_rgb(image_bgr[..., ::-1], config.mean_bgr))[None]
 
 
+def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], strip_rows: int = 256) -> torch.Tensor:
+    """argmax over classes of ``logits`` (1, C, h, w) upsampled bilinearly (``align_corners=True``)
+    to ``size`` (H, W), as (H, W) uint8, ``strip_rows`` output rows at a time.
+
+    Each strip interpolates the width of the source rows it needs with the same kernel as a
+    whole-image upsampling, then blends the two source rows of each output row with the same
+    weights; values can differ from the whole-image kernel's in the last bit (operation order),
+    so labels agree except where two classes tie to within float rounding.
+    """
+    in_h = logits.shape[-2]
+    out_h, out_w = size
+    labels = torch.empty((out_h, out_w), dtype=torch.uint8, device=logits.device)
+    # The source row of output row y is y * (in_h - 1) / (out_h - 1), in float32 as the kernel has it.
+    scale = torch.tensor((in_h - 1) / (out_h - 1) if out_h > 1 else 0.0, dtype=torch.float32)
+    for top in range(0, out_h, strip_rows):
+        rows = torch.arange(top, min(out_h, top + strip_rows), dtype=torch.float32) * scale
+        first = rows.floor().long().clamp(max=in_h - 1)
+        second = (first + 1).clamp(max=in_h - 1)
+        weight = (rows - first.float()).clamp(0.0, 1.0).to(logits.device)[:, None]  # (rows, 1)
+        low, high = int(first.min()), int(second.max())
+        # (1, C, rows needed, out_w): only the width is interpolated here.
+        source = F.interpolate(logits[:, :, low:high + 1].float(), size=(high - low + 1, out_w),
+                               mode="bilinear", align_corners=True)[0]
+        first, second = (first - low).to(logits.device), (second - low).to(logits.device)
+        strip = source[:, first] * (1.0 - weight) + source[:, second] * weight  # (C, rows, out_w)
+        labels[top:top + len(rows)] = strip.argmax(0).to(torch.uint8)
+    return labels
+
+
 @torch.no_grad()
 def predict_image(model: nn.Module, image_bgr: np.ndarray, config: PredictConfig,
                   device: torch.device | str = "cpu") -> Prediction:
@@ -136,17 +174,15 @@ def predict_image(model: nn.Module, image_bgr: np.ndarray, config: PredictConfig
     out_size = tuple(image_bgr.shape[:2])
     if config.inference.is_plain:
         # the paper's protocol: 1/8-resolution outputs upsampled straight to the file size
-        raw = run(image)
-        full = {name: resize_bilinear(value, out_size) for name, value in raw.items()}
-        logits = resize_bilinear(raw[SEMANTIC], in_size) if config.write_logits else raw[SEMANTIC]
+        outputs = run(image)
+        logits = resize_bilinear(outputs[SEMANTIC], in_size) if config.write_logits else outputs[SEMANTIC]
     else:
-        at_input = infer(run, image, config.inference, in_size)
-        full = {name: resize_bilinear(value, out_size) for name, value in at_input.items()}
-        logits = at_input[SEMANTIC]
-    depth = full.get("depth")
+        outputs = infer(run, image, config.inference, in_size)
+        logits = outputs[SEMANTIC]
+    depth = outputs.get("depth")
     return Prediction(
-        train_ids=full[SEMANTIC].argmax(1)[0].to(torch.uint8).cpu().numpy(),
-        depth=None if depth is None else depth[0, 0].cpu().numpy(),
+        train_ids=upsampled_argmax(outputs[SEMANTIC], out_size, config.strip_rows).cpu().numpy(),
+        depth=None if depth is None else resize_bilinear(depth, out_size)[0, 0].cpu().numpy(),
         logits=logits[0].cpu().numpy(),
     )
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
+from cordaseg.errors import CordasegError
 from cordaseg.models.convert import REFERENCE_VARIANTS
+from cordaseg.outputs import check_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("src", help="reference checkpoint (.pth)")
-    p.add_argument("--out", required=True, help="where to write the cordaseg checkpoint")
+    p.add_argument("--out", required=True, help="where to write the cordaseg checkpoint (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the input itself)")
     p.add_argument("--variant", choices=REFERENCE_VARIANTS, help="reference model variant")
     p.add_argument(
         "--trust-pickle",
@@ -32,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from cordaseg.models.checkpoint import convert_file
 
+    src, out = Path(args.src), Path(args.out)
+    if out.exists() and src.exists() and os.path.samefile(src, out):
+        raise CordasegError(f"--out {out}: is the input checkpoint itself; converting in place would replace "
+                            "the original, so write the converted file under another name")
+    check_file(out, "--out", overwrite=args.overwrite)
     summary = convert_file(args.src, args.out, variant=args.variant, trust_pickle=args.trust_pickle)
     print(f"converted {args.src} -> {args.out}")
     print(json.dumps(summary, indent=2))

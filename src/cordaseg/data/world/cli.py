@@ -7,6 +7,19 @@ import argparse
 from cordaseg.cli_types import size_wxh
 from cordaseg.errors import CordasegError
 
+# Beyond this, extrapolated scene parameters leave their valid ranges (negative counts and spans).
+MAX_SHIFT = 2.0
+
+
+def _shift(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= MAX_SHIFT:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 (no gap) and {MAX_SHIFT:g}, got {text}")
+    return value
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -24,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", type=int, default=500, help="target train frames, stereo pairs (default 500)")
     p.add_argument("--val", type=int, default=100, help="target val frames with labels (default 100)")
     p.add_argument("--size", type=size_wxh, default=(256, 128), help="frame size WxH (default 256x128)")
-    p.add_argument("--shift", type=float, default=1.0, help="strength of the domain gap: 0 none, 1 full (default 1)")
+    p.add_argument("--shift", type=_shift, default=1.0,
+                   help=f"strength of the domain gap: 0 none, 1 full, up to {MAX_SHIFT:g} exaggerated (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the layouts (default 0)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")
     p.add_argument("--preview", default=None, metavar="PNG",

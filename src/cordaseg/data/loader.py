@@ -10,6 +10,7 @@ CUDA is present) and persistent workers, each worker limited to one decoding thr
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -89,6 +90,10 @@ def _init_worker(worker_id: int) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches every process of the group: the main process stops the run
+    # cleanly (with a checkpoint) and shuts the workers down; a worker dying first would break that.
+    # (SIGTERM keeps PyTorch's handler, through which the main process ends a stuck worker.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(

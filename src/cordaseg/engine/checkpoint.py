@@ -9,7 +9,9 @@ with ``torch.load(weights_only=True)``; Python and NumPy RNG states are stored a
 
 Files are written with :func:`cordaseg.models.checkpoint.atomic_save` (a temporary name in the
 same directory, then ``os.replace``), so a run killed while saving never leaves a truncated
-checkpoint behind.
+checkpoint behind. Checkpoints also carry ``"run_id"`` and ``"lineage"``
+(:mod:`cordaseg.engine.run_folder`); a branch's checkpoints are named with its lineage id,
+``checkpoint_00000022.<lineage>.pt``, so that they never replace the files of the line it left.
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ from cordaseg.config import to_dict
 from cordaseg.errors import CheckpointError
 from cordaseg.models.checkpoint import FORMAT, FORMAT_VERSION, model_config_of, read_file
 
-_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_NAME = re.compile(r"^checkpoint_(\d+)(?:\.[0-9a-f]{12})?\.pt$")
 
 
-def checkpoint_name(iteration: int) -> str:
-    """File name of the training checkpoint taken after ``iteration`` completed iterations."""
-    return f"checkpoint_{iteration:08d}.pt"
+def checkpoint_name(iteration: int, tag: str | None = None) -> str:
+    """File name of the training checkpoint taken after ``iteration`` completed iterations;
+    ``tag`` (a branch's lineage id) goes before the suffix."""
+    return f"checkpoint_{iteration:08d}.pt" if tag is None else f"checkpoint_{iteration:08d}.{tag}.pt"
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
-    """(iteration, path) of every training checkpoint in ``directory``, oldest first."""
+    """(iteration, path) of every training checkpoint in ``directory`` (of every lineage), oldest
+    first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -44,7 +48,7 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
         match = _NAME.match(entry.name)
         if match and entry.is_file():
             found.append((int(match.group(1)), entry))
-    return sorted(found)
+    return sorted(found, key=lambda item: (item[0], item[1].name))
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
@@ -66,7 +70,7 @@ def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (weights only); a missing or foreign file is a CheckpointError."""
-    data = read_file(path)
+    data = read_file(path)  # no trust option: cordaseg's own checkpoints never need full unpickling
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cordaseg checkpoint (no 'format': '{FORMAT}' entry)")
     if data.get("format_version") != FORMAT_VERSION:

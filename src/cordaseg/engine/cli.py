@@ -7,16 +7,49 @@ Works the same in a single process and under ``torchrun`` (one process per GPU);
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from cordaseg.engine.config import load_train_config
 
 
+class _Overrides(argparse.Action):
+    """The ``key=value`` list, extended (not replaced) each time argparse fills it, so that an
+    override taken by ``--resume`` is kept."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *values])
+
+
+class _ResumeAction(argparse.Action):
+    """``--resume [CHECKPOINT]``: a ``key=value`` token after it is an override, never a path."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from cordaseg.cli import is_override
+
+        if value is not None and is_override(value):
+            namespace.overrides = [*(getattr(namespace, "overrides", None) or []), value]
+            value = None
+        setattr(namespace, self.dest, "latest" if value is None else value)
+
+
+def resume_command(args: argparse.Namespace, checkpoint) -> str:
+    """The command line that continues this run from ``checkpoint``."""
+    return shlex.join(["cordaseg", "train", "--config", args.config, *args.overrides, "--resume", str(checkpoint)])
+
+
 def _run(args: argparse.Namespace) -> int:
-    from cordaseg.engine.trainer import train  # heavy imports only when the command runs
+    from cordaseg.engine.trainer import TrainingInterrupted, train  # heavy imports only when the command runs
 
     cfg = load_train_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume  # None: auto-resume if configured
-    result = train(cfg, resume=resume)
+    try:
+        result = train(cfg, resume=resume, allow_config_change=args.allow_config_change)
+    except TrainingInterrupted as stop:
+        print(f"cordaseg: {stop}", file=sys.stderr)
+        if stop.checkpoint is not None:
+            print(f"resume with: {resume_command(args, stop.checkpoint)}", file=sys.stderr)
+        return 128 + int(stop.signum)
     if result.is_main:
         best = "n/a" if result.best_miou is None else f"{result.best_miou:.2f}"
         print(f"done: {result.iteration} iterations, best val mIoU {best}, last checkpoint {result.last_checkpoint}")
@@ -30,15 +63,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train with the recipe of a YAML config (see configs/). Overrides are dotted keys, e.g. "
             "optim.iterations=1000 run.out_dir=runs/test. The run directory gets config.yaml, "
-            "metrics.jsonl, TensorBoard events and checkpoints. For several GPUs launch with "
+            "metrics.jsonl, TensorBoard events, run.json and checkpoints. Overrides and --resume may come in "
+            "any order. Ctrl-C (or SIGTERM) stops after the current iteration with a checkpoint and prints "
+            "the command that resumes it. For several GPUs launch with "
             "torchrun --nproc_per_node=N -m cordaseg.cli train ...; optim.batch_size is per GPU."
         ),
     )
     parser.add_argument("--config", required=True, help="YAML training config (e.g. configs/gta2cityscapes.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
+    parser.add_argument("overrides", nargs="*", action=_Overrides, metavar="key=value",
+                        help="config overrides (YAML values), before or after the options")
     parser.add_argument(
-        "--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-        help="resume from CHECKPOINT, or from the newest checkpoint in run.out_dir when no path is given "
-             "(with run.auto_resume, the default, that also happens without --resume)",
+        "--resume", nargs="?", action=_ResumeAction, default=None, metavar="CHECKPOINT",
+        help="resume from CHECKPOINT, or from the newest checkpoint of the run in run.out_dir when no path is "
+             "given (with run.auto_resume, the default, that also happens without --resume). Resuming from "
+             "an older checkpoint of a folder starts a branch beside the newer ones, which are kept",
+    )
+    parser.add_argument(
+        "--allow-config-change", action="store_true",
+        help="continue a run in run.out_dir with a config that differs from the one it was trained with "
+             "(the change is recorded in run.json); without it that is an error",
     )
     parser.set_defaults(func=_run)

@@ -60,6 +60,9 @@ class OptimConfig:
     parameter list names it (stem conv 1x, residual-block convs 3x, projection convs 4x; about 3x
     the nominal backbone step and weight decay), as the published models were trained; 'once':
     every tensor updated once (plain SGD, the paper's text). See docs/reference-behaviour.md."""
+    divergence_loss: float = 1.0e4
+    """The run stops as diverged when the training loss exceeds this (or is NaN / infinite), without
+    checkpointing the diverged weights; the reference's losses stay below ~10."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -70,6 +73,12 @@ class OptimConfig:
             raise ConfigError(f"optim.lr: {self.lr} must be > 0")
         if self.reference_batch < 1:
             raise ConfigError(f"optim.reference_batch: {self.reference_batch} must be >= 1")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"optim.momentum: {self.momentum} must be >= 0 and < 1")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay: {self.weight_decay} must be >= 0")
+        if not self.divergence_loss > 0:
+            raise ConfigError(f"optim.divergence_loss: {self.divergence_loss} must be > 0")
 
 
 @dataclass
@@ -106,6 +115,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"run.num_workers: {self.num_workers} must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"run.seed: {self.seed} must be >= 0 and < 2**63 (a NumPy seed)")
 
 
 @dataclass

@@ -85,23 +85,39 @@ class RunLogger:
             self._writer = None
 
 
+def _parsed_lines(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """(line, record) of every line; the record is None for a last line cut off by a killed run."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    parsed = []
+    for number, line in enumerate(lines):
+        try:
+            parsed.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise ValueError(f"{path}: line {number + 1} is not a JSON record") from None
+            parsed.append((line, None))
+    return parsed
+
+
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of ``<run_dir>/metrics.jsonl`` (optionally only those of one kind)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [record for _, record in _parsed_lines(path) if record is not None]
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
 def truncate_metrics(run_dir: str | Path, after_iteration: int) -> int:
     """Drop records past ``after_iteration`` (written by a run that was killed after its last
-    checkpoint, which the resumed run is about to write again); returns how many were dropped."""
+    checkpoint, which the resumed run is about to write again), and a last line the kill cut
+    off; returns how many lines were dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("iteration", 0) <= after_iteration]
+    parsed = _parsed_lines(path)
+    lines = [line for line, _ in parsed]
+    kept = [line for line, record in parsed if record is not None and record.get("iteration", 0) <= after_iteration]
     if len(kept) != len(lines):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

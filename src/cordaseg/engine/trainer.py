@@ -11,13 +11,24 @@ augmentation from a generator seeded with (seed, iteration, rank). None of them 
 happened earlier in the process, so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would (bit-identically in ``run.deterministic`` mode).
 
-Host-device syncs are deliberate: the loss is checked for non-finite values, and the loss terms
-read, only at the logging interval and before every evaluation and checkpoint.
+Host-device syncs are deliberate: the loss is checked for non-finite values (and for values above
+``optim.divergence_loss``), and the loss terms read, only at the logging interval and before every
+evaluation and checkpoint; so a checkpoint is only written after iterations whose losses were all
+finite and below that bound.
+
+The run folder (:mod:`cordaseg.engine.run_folder`) decides where a run starts: it continues the
+folder's current lineage of checkpoints, branches, or starts again, and refuses to mix runs. On
+SIGINT or SIGTERM the loop stops after the current iteration, writes a checkpoint there and raises
+:class:`TrainingInterrupted`, which names it.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,12 +42,12 @@ from torch import nn
 from torch.utils.data import Subset
 
 from cordaseg.adaptation import adaptation_step
-from cordaseg.config import ConfigError, to_dict
+from cordaseg.config import to_dict
 from cordaseg.data.check import quick_check
 from cordaseg.data.datasets import build_dataset
 from cordaseg.data.loader import make_loader
 from cordaseg.engine import checkpoint as ckpt
-from cordaseg.engine import distributed
+from cordaseg.engine import distributed, run_folder
 from cordaseg.engine.config import TrainConfig, validate
 from cordaseg.engine.iteration import (
     apply_sgd_flags,
@@ -45,9 +56,9 @@ from cordaseg.engine.iteration import (
     numerics,
     train_iteration,
 )
-from cordaseg.engine.logging import RunLogger, image_panels, progress_bar
+from cordaseg.engine.logging import METRICS_FILE, RunLogger, image_panels, progress_bar
 from cordaseg.engine.sync_batchnorm import convert_sync_batchnorm
-from cordaseg.errors import CheckpointError, CordasegError, DataError
+from cordaseg.errors import CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.models.checkpoint import (
     atomic_save,
@@ -58,13 +69,27 @@ from cordaseg.models.checkpoint import (
 )
 from cordaseg.models.convert import load_init_weights
 from cordaseg.models.corda import build_model
+from cordaseg.outputs import check_folder
 
 # Stream identifiers mixed into seeds, so that source order, target order and step draws differ.
 _SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM = 1, 2, 3
 
 
 class TrainingDiverged(CordasegError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint."""
+    """The loss became NaN, infinite or larger than ``optim.divergence_loss``; the run stopped
+    without writing a checkpoint of the diverged weights."""
+
+
+class TrainingInterrupted(CordasegError):
+    """SIGINT or SIGTERM stopped the run; a checkpoint of the last completed iteration was written."""
+
+    def __init__(self, checkpoint: Path | None, iteration: int, signum: int) -> None:
+        self.checkpoint = checkpoint
+        self.iteration = iteration
+        self.signum = signum
+        name = signal.Signals(signum).name
+        where = f"saved {checkpoint}" if checkpoint is not None else "no checkpoint written"
+        super().__init__(f"{name}: stopped after iteration {iteration}; {where}")
 
 
 @dataclass
@@ -97,41 +122,32 @@ class StartPlan:
     """Its contents (already checked against the config)."""
     init_state: dict[str, Any] | None = None
     """Initial weights for a fresh run: a DeepLab init state dict or a cordaseg checkpoint."""
+    start: run_folder.RunStart | None = None
+    """Run id, lineage and what the run may do to its folder."""
 
 
-def preflight(cfg: TrainConfig, resume: bool | str | Path | None) -> StartPlan:
-    """Validate the config, check the data trees cheaply, and find the starting point, before any
-    model is built."""
+def preflight(cfg: TrainConfig, resume: bool | str | Path | None, allow_config_change: bool = False) -> StartPlan:
+    """Validate the config, the device and the output folder, check the data trees cheaply, and
+    find the starting point, before any model is built."""
     validate(cfg)
+    distributed.resolve_device(cfg.run.device, key="run.device")
+    check_folder(cfg.run.out_dir, "run.out_dir")
     # A cheap version of `cordaseg data check`: partners exist, first and last frames decode.
     quick_check(cfg.source)
     if cfg.adaptation.uses_target:
         quick_check(cfg.target)
     if cfg.val is not None and cfg.eval.every:
         quick_check(cfg.val)
-    run_dir = Path(cfg.run.out_dir)
-    latest = ckpt.latest_checkpoint(run_dir)
-    if resume is True or (resume is None and cfg.run.auto_resume and latest is not None):
-        if latest is None:
-            raise CheckpointError(f"--resume: no checkpoint_*.pt in run.out_dir {run_dir}")
-        resume = latest
-    elif resume is None and latest is not None:
-        raise ConfigError(f"run.out_dir: {run_dir} already holds checkpoints; pass --resume, set "
-                          "run.auto_resume=true or choose another run.out_dir")
-    if resume not in (None, False):
-        path = Path(resume)
-        payload = ckpt.load_checkpoint(path)
-        ckpt.check_same_model(payload, cfg.model, path)
-        if int(payload["iteration"]) > cfg.optim.iterations:
-            raise ConfigError(f"optim.iterations: {cfg.optim.iterations} is less than the iteration "
-                              f"{payload['iteration']} of {path}")
-        return StartPlan(resume_path=path, resume=payload)
+    start = run_folder.plan_start(cfg, resume, allow_config_change)
+    if start.resume is not None:
+        return StartPlan(resume_path=start.resume_path, resume=start.resume, start=start)
     if cfg.checkpoint.init is None:
-        return StartPlan()
-    state = read_file(cfg.checkpoint.init, trust_pickle=cfg.checkpoint.trust_pickle)
+        return StartPlan(start=start)
+    state = read_file(cfg.checkpoint.init, trust_pickle=cfg.checkpoint.trust_pickle,
+                      trust_hint="set checkpoint.trust_pickle=true")
     if is_project_checkpoint(state):
         ckpt.check_same_model(state, cfg.model, cfg.checkpoint.init)
-    return StartPlan(init_state=state)
+    return StartPlan(init_state=state, start=start)
 
 
 def effective_lr(cfg: TrainConfig, world_size: int) -> float:
@@ -246,12 +262,48 @@ class _Run:
         if self.target is not None:
             self.target_stream = BatchStream(self.target, bs, workers, derive_seed(cfg.run.seed, _TARGET_STREAM),
                                              ctx, **data_state["target"], what="target")
-        # A resumed run first drops what the interrupted one logged after its last checkpoint.
+        self.start = plan.start or run_folder.RunStart(run_folder.new_id(), run_folder.new_id())
+        if ctx.is_main:
+            self._prepare_folder()
+        # A resumed run first drops what the interrupted one logged after its last checkpoint; the
+        # same run started again from scratch drops everything it logged.
+        resume_from = self.iteration if plan.resume is not None else (0 if self.start.restart else None)
         self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.logging.tensorboard,
-                                resume_from=self.iteration if plan.resume is not None else None)
+                                resume_from=resume_from)
         self.last_checkpoint: Path | None = plan.resume_path
+        self._saved_at = self.iteration if plan.resume is not None else None
+        self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup helpers
+    def _prepare_folder(self) -> None:
+        """Rank 0, before anything is logged: clear what a killed run left half-written, keep the
+        metrics of a lineage this run leaves, and record the run in run.json."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_folder.remove_temporaries(self.run_dir)
+        previous = (self.start.record or {}).get("lineage")
+        metrics = self.run_dir / METRICS_FILE
+        if previous not in (None, self.start.lineage) and metrics.is_file():
+            # Resuming another lineage truncates metrics.jsonl at its iteration; keep the old line's.
+            shutil.copyfile(metrics, self.run_dir / f"metrics_{previous}.jsonl")
+        run_folder.write_record(self.run_dir, self.start.new_record(self.iteration))
+
+    def _announce(self) -> None:
+        """Rank 0: where the run writes and where it starts from."""
+        start = self.start
+        if self.plan.resume_path is None:
+            how = "starting again from scratch (no checkpoint was written before)" if start.restart else \
+                "starting from scratch"
+        elif start.branch_of is not None:
+            how = (f"branching from {self.plan.resume_path} (iteration {self.iteration}); the newer checkpoints "
+                   "of the line it leaves are kept")
+        else:
+            how = f"resuming from {self.plan.resume_path} (iteration {self.iteration})"
+        if start.config_changes:
+            how += f"; config changes recorded in run.json: {run_folder.describe_changes(start.config_changes)}"
+        print(f"train: run {start.run_id} in {self.run_dir}, {how}", flush=True)
+        board = f"; TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}" if self.cfg.logging.tensorboard else ""
+        print(f"train: config.yaml, metrics.jsonl and checkpoints go to {self.run_dir}{board}", flush=True)
+
     def _initialise(self, student: nn.Module, init_state: dict[str, Any]) -> None:
         if is_project_checkpoint(init_state):
             load_state(student, init_state["model"], self.cfg.checkpoint.init)
@@ -287,15 +339,46 @@ class _Run:
             batch.update(target_image=target["image"], target_depth=target.get("depth"))
         return batch
 
-    def _check_finite(self, nonfinite: torch.Tensor, since: int) -> None:
-        """Stop the run (on every rank) if any loss since iteration ``since`` was not finite."""
-        if distributed.broadcast_flag(bool(nonfinite.item()), self.ctx):
-            where = self.last_checkpoint or "none was written"
-            raise TrainingDiverged(
-                f"the loss became NaN or infinite between iterations {since} and {self.iteration}; "
-                f"stopped without saving. Last good checkpoint: {where}. Lower optim.lr or use "
-                "run.precision=fp32, then resume with --resume"
-            )
+    def _check_finite(self, nonfinite: torch.Tensor, loss_peak: torch.Tensor, since: int) -> None:
+        """Stop the run (on every rank) if any loss since iteration ``since`` was not finite or
+        exceeded ``optim.divergence_loss``; ``loss_peak`` (the largest loss since) is reset."""
+        # One host sync for both values.
+        bad_value, peak = torch.stack([nonfinite.float(), loss_peak.float()]).tolist()
+        loss_peak.zero_()
+        bound = self.cfg.optim.divergence_loss
+        if not distributed.broadcast_flag(bool(bad_value) or peak > bound, self.ctx):
+            return
+        what = "became NaN or infinite" if bad_value or peak != peak else f"reached {peak:.3g}, above " \
+            f"optim.divergence_loss={bound:g}"
+        where = self.last_checkpoint or "none was written"
+        advice = "Lower optim.lr" if self.cfg.run.precision == "fp32" else "Lower optim.lr or use run.precision=fp32"
+        again = f"resume with --resume {self.last_checkpoint}" if self.last_checkpoint else "train again"
+        raise TrainingDiverged(
+            f"the loss {what} between iterations {since} and {self.iteration}; stopped without saving. "
+            f"Last good checkpoint: {where}. {advice}, then {again} (and --allow-config-change)"
+        )
+
+    # ------------------------------------------------------------------ stopping on a signal
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:  # asked twice: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.ctx.is_main:
+            print(f"\ncordaseg: {signal.Signals(signum).name}: stopping after this iteration with a checkpoint "
+                  "(send it again to stop at once, without one)", file=sys.stderr, flush=True)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Stop cleanly on SIGINT / SIGTERM; returns the handlers to restore (none off the main thread,
+        where Python cannot install any)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop_requested(self, at_log_step: bool) -> bool:
+        stop = self._stop_signal is not None
+        if self.ctx.enabled:  # every rank must take the same branch: agree at the logging interval only
+            return at_log_step and distributed.broadcast_flag(stop, self.ctx)
+        return stop
 
     def _save(self) -> None:
         if self.ctx.is_main:
@@ -310,10 +393,14 @@ class _Run:
                             "target": self.target_stream.state() if self.target_stream else {},
                             "world_size": self.ctx.world_size},
                 best_miou=self.best_miou,
+                run_id=self.start.run_id,
+                lineage=self.start.lineage,
             )
-            path = atomic_save(payload, self.run_dir / ckpt.checkpoint_name(self.iteration))
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep_last)
+            path = atomic_save(payload, self.run_dir / ckpt.checkpoint_name(self.iteration, self.start.tag))
+            # Only this lineage's checkpoints: a branch never deletes the line it branched from.
+            run_folder.prune_lineage(self.run_dir, self.start.lineage, self.cfg.checkpoint.keep_last)
             self.last_checkpoint = path
+        self._saved_at = self.iteration
         distributed.barrier(self.ctx)
 
     def _evaluate(self) -> None:
@@ -346,11 +433,16 @@ class _Run:
         cfg, ctx = self.cfg, self.ctx
         total = cfg.optim.iterations
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            config_file = self.run_dir / run_folder.CONFIG_FILE
+            tmp = config_file.with_name(f".{config_file.name}.tmp")
+            tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+            tmp.replace(config_file)
+            self._announce()
         bar = progress_bar(total, self.iteration, ctx.is_main and cfg.logging.progress)
         nonfinite = torch.zeros((), dtype=torch.bool, device=ctx.device)
+        loss_peak = torch.zeros((), dtype=torch.float32, device=ctx.device)
         checked_at, window_start, window_time = self.iteration, self.iteration, time.perf_counter()
+        previous_handlers = self._install_signal_handlers()
         try:
             while self.iteration < total:
                 i = self.iteration
@@ -363,11 +455,13 @@ class _Run:
                                          step=adaptation_step)
                 out, lr = result.step, result.lr
                 nonfinite |= ~torch.isfinite(out.loss.detach())
+                torch.maximum(loss_peak, out.loss.detach().float(), out=loss_peak)
                 self.iteration = done = i + 1
                 bar.update(1)
 
-                if done % cfg.logging.every == 0 or done == total:
-                    self._check_finite(nonfinite, checked_at)
+                at_log_step = done % cfg.logging.every == 0 or done == total
+                if at_log_step:
+                    self._check_finite(nonfinite, loss_peak, checked_at)
                     checked_at = done
                     now = time.perf_counter()
                     # .item() here only: one host sync per logging interval.
@@ -384,29 +478,39 @@ class _Run:
                     visuals.update(out.visuals)
                     self.logger.log_images(done, image_panels(visuals))
                 if self.val is not None and (done % cfg.eval.every == 0 or done == total):
-                    self._check_finite(nonfinite, checked_at)
+                    self._check_finite(nonfinite, loss_peak, checked_at)
                     checked_at = done
                     self._evaluate()
                 if done % cfg.checkpoint.every == 0 or done == total:
-                    self._check_finite(nonfinite, checked_at)
+                    self._check_finite(nonfinite, loss_peak, checked_at)
                     checked_at = done
                     self._save()
+                if done < total and self._stop_requested(at_log_step):
+                    self._check_finite(nonfinite, loss_peak, checked_at)  # never save diverged weights
+                    if self._saved_at != done:
+                        self._save()
+                    raise TrainingInterrupted(self.last_checkpoint, done, self._stop_signal or signal.SIGTERM)
         finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             bar.close()
             self.logger.close()
         return TrainResult(self.iteration, self.run_dir, self.last_checkpoint, self.best_miou,
                            self.student, self.teacher, ctx.is_main)
 
 
-def train(cfg: TrainConfig, resume: bool | str | Path | None = None) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool | str | Path | None = None, allow_config_change: bool = False
+          ) -> TrainResult:
     """Run (or resume) the configured training.
 
-    ``resume``: None resumes from the newest checkpoint in ``run.out_dir`` when
-    ``run.auto_resume`` is set; True requires such a checkpoint; a path resumes from that file.
-    Every configuration problem is raised before a model is built or data is read.
+    ``resume``: None resumes from the newest checkpoint of the current lineage in ``run.out_dir``
+    when ``run.auto_resume`` is set; True requires such a checkpoint; a path resumes from that
+    file. A config that differs from the resumed run's is refused unless ``allow_config_change``
+    (see :mod:`cordaseg.engine.run_folder`). Every configuration problem is raised before a model
+    is built or data is read.
     """
-    plan = preflight(cfg, resume)
-    ctx = distributed.init(cfg.run.device)
+    plan = preflight(cfg, resume, allow_config_change)
+    ctx = distributed.init(cfg.run.device, key="run.device")
     try:
         with numerics(cfg, ctx.device):
             return _Run(cfg, ctx, plan).fit()

@@ -13,7 +13,7 @@ from torch import nn
 
 from cordaseg.data.labels import IGNORE_INDEX
 from cordaseg.evaluation.cli import _depth_bins
-from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
+from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation, write_csv, write_json
 from cordaseg.evaluation.metrics import DepthBinnedConfusion, metres_from_depth_value
 from cordaseg.models.corda import CordaOutput
 
@@ -97,6 +97,9 @@ def test_evaluation_reports_miou_per_depth_range(tmp_path):
     assert saved[3]["iou"]["sidewalk"] is None  # no sidewalk beyond 40 m, neither labelled nor predicted
     rows = {row[0]: row[2] for row in csv.reader(write_csv(result, tmp_path / "scores.csv").open())}
     assert float(rows["mIoU19 depth 10-20 m"]) == pytest.approx(EXPECTED["10-20 m"][0], abs=1e-4)
+
+    again = EvalResult.from_dict(json.loads((tmp_path / "scores.json").read_text()))
+    assert again.to_dict() == result.to_dict()  # what a resumed benchmark reads back
 
 
 def test_other_edges_and_no_depth():

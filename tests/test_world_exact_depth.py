@@ -58,6 +58,7 @@ def test_second_call_is_cached_and_a_missing_world_is_an_error(world, tmp_path):
     out, tree = world
     stamp = (tree / EXACT_DEPTH_MANIFEST).stat().st_mtime_ns
     assert export_exact_depth(out, CFG, progress=False, workers=0) == tree
+    assert export_exact_depth(out, CFG, splits=("val",), progress=False, workers=0) == tree  # fewer splits
     assert (tree / EXACT_DEPTH_MANIFEST).stat().st_mtime_ns == stamp
     with pytest.raises(DataError, match="no finished world"):
         export_exact_depth(tmp_path, CFG, progress=False)

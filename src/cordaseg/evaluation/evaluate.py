@@ -106,6 +106,30 @@ class EvalResult:
             "confusion_matrix": self.confusion.tolist(),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        """The scores :meth:`to_dict` saved (values rounded as saved; no samples)."""
+
+        def number(x: float | None) -> float:
+            return float("nan") if x is None else float(x)
+
+        names = tuple(data["iou"])
+        bins = [DepthBinScores(b["min_m"], b["max_m"], int(b["pixels"]),
+                               np.array([number(b["iou"][n]) for n in names]),
+                               {int(k): number(v) for k, v in b["miou"].items()})
+                for b in data.get("depth_bins", [])]
+        return cls(
+            confusion=np.asarray(data["confusion_matrix"], dtype=np.int64),
+            iou=np.array([number(data["iou"][n]) for n in names]),
+            miou={int(k): number(v) for k, v in data["miou"].items()},
+            pixel_accuracy=number(data["pixel_accuracy"]),
+            depth={head: {k: (v if k == "pixels" else number(v)) for k, v in values.items()}
+                   for head, values in data["depth"].items()},
+            num_images=int(data["num_images"]),
+            class_names=names,
+            depth_bins=bins,
+        )
+
     def format_table(self) -> str:
         """The per-class table, mIoU per protocol, pixel accuracy and depth metrics, as text."""
         protocols = {k: set(v) for k, v in PROTOCOLS.items()} if len(self.iou) == NUM_CLASSES else {}

@@ -193,7 +193,7 @@ def export_exact_depth(world_dir: str | Path, cfg: WorldConfig, out_dir: str | P
     occlusions, borders or far away; the geometry the labels were rendered from. The frames are
     rendered again from their seeds (the world writes no exact target depth), which costs about
     as much as rendering them the first time; ``exact_depth.json`` records what was written, so a
-    second call returns at once. ``world_dir`` must hold the world ``cfg`` describes.
+    second call for the same splits (or fewer) returns at once. ``world_dir`` must hold the world ``cfg`` describes.
     """
     world_dir = Path(world_dir)
     target_root = world_dir / "target"
@@ -209,9 +209,13 @@ def export_exact_depth(world_dir: str | Path, cfg: WorldConfig, out_dir: str | P
             raise DataError(f"exact depth splits are 'train' and 'val', got {split!r}")
     out = Path(out_dir) if out_dir is not None else world_dir / "target_exact_depth"
     manifest = out / EXACT_DEPTH_MANIFEST
-    wanted = {**spec, "splits": sorted(splits)}
-    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
+    try:
+        written = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        written = {}
+    if {k: v for k, v in written.items() if k != "splits"} == spec and set(splits) <= set(written.get("splits", [])):
         return out
+    wanted = {**spec, "splits": sorted(splits)}
     manifest.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     for child in target_root.resolve().iterdir():

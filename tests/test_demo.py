@@ -1,10 +1,12 @@
-"""``cordaseg demo`` (issue 6, part 4): planning, the CorDA warm start, the config, the report,
-and one end-to-end run on a tiny world."""
+"""``cordaseg demo``: fixed counts and time-budget planning, the CorDA warm start, the config, the
+report, and one end-to-end run on a tiny world (read back when resumed)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,13 +15,20 @@ from PIL import Image
 
 from cordaseg.cli import main
 from cordaseg.config import ConfigError
+from cordaseg.demo.cli import command_overrides
 from cordaseg.demo.pipeline import (
     METHODS,
     DemoConfig,
+    _Progress,
+    _replan,
     adaptation_iterations_left,
     corda_init_from_deeplab,
+    cpu_threads,
+    expected_seconds,
     load_demo_config,
+    make_plan,
     plan_iterations,
+    run_demo,
 )
 from cordaseg.engine.checkpoint import check_same_model
 from cordaseg.models.checkpoint import atomic_save, model_payload, read_file
@@ -40,6 +49,52 @@ def test_plan_never_goes_below_the_minimum():
     assert set(plan_iterations(-5.0, SPEED, share=0.5, minimum=3).values()) == {3}
     assert adaptation_iterations_left(0.1, SPEED, minimum=4) == 4
     assert adaptation_iterations_left(80.0, SPEED) == 100
+
+
+def budget_mode(*overrides: str) -> DemoConfig:
+    return load_demo_config(None, command_overrides(list(overrides), minutes=15.0, seed=None))
+
+
+def test_fixed_counts_ignore_the_probes():
+    cfg = DemoConfig()
+    assert cfg.fixed
+    fixed = {"source_only": 4000, "oracle": 4000, "dacs": 2000, "corda": 2000}
+    assert make_plan(cfg, 1.0, {m: 100.0 for m in METHODS}) == fixed  # a tiny budget, a crawling machine
+    assert make_plan(cfg, 1e9, None) == fixed  # and nothing needs probing
+    # The defaults fit the demo's promise: about 15 minutes on 2 idle cores.
+    assert 12 * 60 < expected_seconds(cfg, fixed) <= 15 * 60
+
+
+def test_minutes_switches_to_a_planned_budget():
+    cfg = budget_mode()
+    assert not cfg.fixed and cfg.minutes == 15.0
+    assert (cfg.source_iterations, cfg.adaptation_iterations, cfg.depth_iterations) == (0, 0, 0)
+    with pytest.raises(ConfigError, match="probed speeds"):
+        make_plan(cfg, 100.0, None)
+    assert budget_mode("adaptation_iterations=50").adaptation_iterations == 50  # an explicit count wins
+    plan = make_plan(budget_mode("adaptation_iterations=50"), 1000.0, SPEED)
+    assert plan["dacs"] == 50 and plan["source_only"] == 2000
+
+
+def test_a_busy_machine_cannot_push_adaptation_below_the_floor():
+    cfg = budget_mode()
+    busy = {m: 50.0 for m in METHODS}  # probes that crawled
+    plan = make_plan(cfg, 600.0, busy)
+    assert plan["dacs"] == plan["corda"] == cfg.adaptation_floor == 200
+    assert plan["source_only"] == plan["oracle"] == cfg.min_iterations
+
+    # The machine got busy after the probes: source-only and the oracle ran 3x slower than probed.
+    plan = make_plan(cfg, 1000.0, SPEED)
+    done = {m: SimpleNamespace(train_seconds=3.0 * plan[m] * SPEED[m]) for m in ("source_only", "oracle")}
+    with pytest.warns(RuntimeWarning) as caught:
+        _replan(cfg, plan, SPEED, done, left=30.0, say=_Progress(quiet=True))
+    assert plan["dacs"] == plan["corda"] == 200
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "3.0x slower than when it was probed" in messages and "floor of 200" in messages
+
+
+def test_threads_follow_the_cpus_this_process_may_use():
+    assert 1 <= cpu_threads() <= (os.cpu_count() or 1)
 
 
 def test_partial_world_override_keeps_demo_defaults():
@@ -96,15 +151,15 @@ def test_corda_warm_start_rejects_another_backbone(tmp_path):
         corda_init_from_deeplab(source, cfg.model("corda"), tmp_path / "corda.pt")
 
 
+TINY = ["world.num_source=10", "world.num_target_train=8", "world.num_target_val=4", "world.size=[64,32]",
+        "world_workers=0", "crop=[32,32]", "backbone_width=8", "head_width=16", "probe_iterations=2",
+        "min_iterations=3", "adaptation_floor=3", "grid_images=2"]
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
     out = tmp_path / "demo"
-    status = main([
-        "demo", "--out", str(out), "--minutes", "0.3",
-        "world.num_source=10", "world.num_target_train=8", "world.num_target_val=4", "world.size=[64,32]",
-        "world_workers=0", "crop=[32,32]", "backbone_width=8", "head_width=16", "probe_iterations=2",
-        "min_iterations=3", "grid_images=2",
-    ])
+    status = main(["demo", "--out", str(out), "--minutes", "0.3", *TINY])
     assert status == 0
     printed = capsys.readouterr().out
     assert "stage 5/5" in printed and "plan:" in printed
@@ -135,6 +190,14 @@ def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
     assert (out / "world" / "world.json").is_file()
     assert (out / "runs" / "corda_init.pt").is_file()
     assert not (out / "runs" / "probe").exists()
+
+    # The same runs with their counts fixed, resumed: every run is read back from its scores.json.
+    counts = [f"source_iterations={m['oracle']['iterations']}", f"adaptation_iterations={m['corda']['iterations']}"]
+    cfg = load_demo_config(None, command_overrides([*TINY, *counts], minutes=0.3, seed=None))
+    again = run_demo(cfg, out, quiet=True, resume=True)
+    assert all(r.resumed for r in again.methods.values())
+    assert {k: r.miou for k, r in again.methods.items()} == pytest.approx({k: v["miou"] for k, v in m.items()},
+                                                                           abs=0.006)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""``cordaseg demo`` (issue 6, part 4): source-only, DACS, CorDA and a target oracle trained on the
-synthetic street world on a CPU within a time budget, scored on the target val split."""
+"""``cordaseg demo``: source-only, DACS, CorDA and a target oracle trained on the synthetic street
+world on a CPU (fixed iteration counts, or a time budget), scored on the target val split."""
 
 from cordaseg.demo.pipeline import METHODS, DemoConfig, DemoResult, MethodResult, run_demo
 

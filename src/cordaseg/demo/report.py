@@ -1,14 +1,18 @@
-"""The demo's report (issue 6, part 4): ``report.md`` (mIoU per method, per-class IoU, the gap and
-what adaptation recovered), ``report.png`` (the same figures drawn, and a grid of target val
-images with every method's prediction and CorDA's depth) and ``results.json`` (the numbers).
+"""The demo's report: ``report.md`` (mIoU per method, per-class IoU, the gap and what adaptation
+recovered), ``report.png`` (the same figures drawn, and a grid of target val images with every
+method's prediction and CorDA's depth) and ``results.json`` (the numbers); and the interval
+charts of the multi-seed benchmark (:func:`interval_chart`).
 
-Drawn with PIL and the evaluation report's colour helpers, so no plotting library is needed.
+Drawn with PIL and the evaluation report's colour helpers, so no plotting library is needed;
+:func:`interval_chart` uses matplotlib where it is installed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -199,3 +203,92 @@ def write_report(out_dir: str | Path, cfg: DemoConfig, results: dict[str, Method
     js = out_dir / "results.json"
     js.write_text(json.dumps({**summary(results, seconds), "config": to_dict(cfg)}, indent=2))
     return md, png, js
+
+
+@dataclass(frozen=True)
+class IntervalRow:
+    """One bar of :func:`interval_chart`: a mean and its confidence interval."""
+
+    label: str
+    mean: float
+    low: float
+    high: float
+    rgb: tuple[int, int, int] = (70, 130, 200)
+
+
+def interval_chart(rows: Sequence[IntervalRow], title: str, path: str | Path, *, axis: str = "",
+                   marks: Sequence[float] = (0.0,), backend: str = "auto") -> Path:
+    """Horizontal bars (the means) with whiskers (the intervals), one row per entry, written as a
+    PNG. ``marks`` are values drawn as vertical reference lines (e.g. 0 and 1 on a gap-closed
+    axis). ``backend``: "matplotlib", "pil", or "auto" (matplotlib if it is installed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finite = [v for r in rows for v in (r.mean, r.low, r.high) if not math.isnan(v)] + list(marks)
+    lo, hi = min(finite, default=0.0), max(finite, default=1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    if backend == "auto":
+        try:
+            import matplotlib  # noqa: F401
+            backend = "matplotlib"
+        except ImportError:
+            backend = "pil"
+    if backend == "matplotlib":
+        _interval_chart_matplotlib(rows, title, path, axis, marks, (lo, hi))
+    elif backend == "pil":
+        _interval_chart_pil(rows, title, axis, marks, (lo, hi)).save(path)
+    else:
+        raise ValueError(f"backend must be 'auto', 'matplotlib' or 'pil', got {backend!r}")
+    return path
+
+
+def _interval_chart_matplotlib(rows, title, path, axis, marks, limits) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+    fig = Figure(figsize=(7.5, 0.9 + 0.32 * max(len(rows), 1)), dpi=110)
+    ax = fig.subplots()
+    y = list(range(len(rows)))[::-1]
+    means = [0.0 if math.isnan(r.mean) else r.mean for r in rows]
+    ax.barh(y, means, color=[tuple(c / 255 for c in r.rgb) for r in rows], height=0.6)
+    for yi, r in zip(y, rows):
+        if not math.isnan(r.low):
+            ax.errorbar(r.mean, yi, xerr=[[r.mean - r.low], [r.high - r.mean]], color="black", capsize=3, lw=1)
+    for mark in marks:
+        ax.axvline(mark, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(y, [r.label for r in rows])
+    ax.set_xlim(*limits)
+    ax.set_xlabel(axis)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _interval_chart_pil(rows, title, axis, marks, limits) -> Image.Image:
+    row, label_w, pad, plot_w = 18, 200, 8, 420
+    image = Image.new("RGB", (label_w + plot_w + 3 * pad, pad * 3 + 32 + row * len(rows)), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    lo, hi = limits
+
+    def x(value: float) -> int:
+        return label_w + int(round(plot_w * (value - lo) / (hi - lo)))
+
+    _text(draw, (pad, pad), title)
+    top = pad + 18
+    bottom = top + row * len(rows)
+    for mark in marks:
+        draw.line([x(mark), top, x(mark), bottom], fill=(160, 160, 160))
+        _text(draw, (x(mark) - 6, bottom + 2), f"{mark:g}")
+    for i, r in enumerate(rows):
+        y = top + i * row
+        _text(draw, (pad, y + 3), r.label)
+        if math.isnan(r.mean):
+            _text(draw, (x(0.0) + 4, y + 3), "n/a")
+            continue
+        draw.rectangle([min(x(0.0), x(r.mean)), y + 3, max(x(0.0), x(r.mean)), y + row - 4], fill=r.rgb)
+        if not math.isnan(r.low):
+            middle = y + row // 2
+            draw.line([x(r.low), middle, x(r.high), middle], fill=TEXT)
+            draw.line([x(r.low), middle - 3, x(r.low), middle + 3], fill=TEXT)
+            draw.line([x(r.high), middle - 3, x(r.high), middle + 3], fill=TEXT)
+    _text(draw, (label_w, bottom + 14), f"{axis}   (axis {lo:.2f} .. {hi:.2f})")
+    return image

@@ -1,12 +1,23 @@
-"""The statistics of the synthetic-shift benchmark against values worked out by hand."""
+"""The statistics of the synthetic-shift benchmark against values worked out by hand, and its\nsummary and charts on fabricated scores (nothing is trained)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from cordaseg.demo.pipeline import DemoConfig, MethodResult
+from cordaseg.demo.report import IntervalRow, interval_chart
 from cordaseg.demo.stats import differences, gap_closed, paired_difference, t_interval
+from cordaseg.evaluation.evaluate import EvalResult
+from cordaseg.evaluation.metrics import DepthBinScores
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Student's t quantiles from a printed table (two-sided 95%): df 4 -> 2.7764, df 2 -> 4.3027.
 T_975_DF4 = 2.776445
@@ -51,3 +62,54 @@ def test_gap_closed_by_hand():
     closed = gap_closed([12.0, 10.0, 9.0], [5.0, 6.0, 8.0], [35.0, 26.0, 8.0])
     assert closed[:2] == pytest.approx([7 / 30, 0.2])
     assert math.isnan(closed[2])
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("synthetic_shift", REPO / "benchmarks" / "synthetic_shift.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(name: str, miou: float) -> MethodResult:
+    """A scored run whose 19 classes all have IoU ``miou`` (so its mIoU is ``miou``)."""
+    iou = np.full(19, miou)
+    evaluation = EvalResult(confusion=np.zeros((19, 19), dtype=np.int64), iou=iou, miou={19: miou, 16: miou, 13: miou},
+                            pixel_accuracy=50.0, depth={}, num_images=1,
+                            depth_bins=[DepthBinScores(0.0, None, 10, iou, {19: miou})])
+    return MethodResult(name, 10, 0.1, 1.0, evaluation)
+
+
+def test_benchmark_summary_pairs_every_method_on_the_same_seeds(tmp_path, capsys):
+    benchmark = _benchmark()
+    scores = {"source_only": [5.0, 6.0, 5.5], "oracle": [35.0, 26.0, 30.5], "dacs": [14.42, 13.51, 11.96],
+              "corda": [15.10, 13.82, 12.29]}
+    per_seed = {seed: {m: _result(m, v[i]) for m, v in scores.items()} for i, seed in enumerate((0, 1, 2))}
+    cfg = DemoConfig(target_depth="stereo")
+    summary = benchmark.summarise(per_seed, benchmark.titles(cfg, "main"), benchmark.pairs(cfg, "main"))
+    pair = summary["pairs"][0]
+    assert (pair["name"], pair["per_seed"]) == ("CorDA - DACS", pytest.approx([0.68, 0.31, 0.33]))
+    assert pair["difference"]["mean"] == pytest.approx(0.44, abs=1e-4)
+    assert pair["difference"]["half_width"] == pytest.approx(T_975_DF2 * math.sqrt(0.0433 / 3), abs=1e-4)
+    closed = summary["methods"]["corda"]["gap_closed"]["per_seed"]
+    assert closed == pytest.approx([10.1 / 30, 7.82 / 20, 6.79 / 25], abs=1e-4)
+    assert summary["per_class_corda_minus_dacs"]["road"]["mean"] == pytest.approx(0.44, abs=1e-4)
+    assert summary["methods"]["dacs"]["depth_bins"]["0+ m"]["mean"] == pytest.approx(13.2967, abs=1e-4)
+    benchmark.print_tables(summary, [0, 1, 2])
+    assert "CorDA - DACS" in capsys.readouterr().out
+    for path in benchmark.draw(summary, tmp_path, 3):
+        assert path.stat().st_size > 1000
+
+    ablation = benchmark.titles(cfg, "ablation")
+    assert {"corda_no_attention", "corda_no_depth_weighting", "multitask", "corda_depth_self_supervised",
+            "corda_depth_exact", "source_only_paper", "corda_paper"} <= set(ablation)
+    assert "corda_depth_stereo" not in ablation  # the main CorDA run reads the stereo-matcher depth
+    assert ("corda_paper", "corda") in benchmark.pairs(cfg, "ablation")
+
+
+def test_interval_chart_draws_without_matplotlib(tmp_path):
+    rows = [IntervalRow("DACS", 0.27, 0.2, 0.34), IntervalRow("n/a", math.nan, math.nan, math.nan)]
+    path = interval_chart(rows, "gap closed", tmp_path / "chart.png", marks=(0.0, 1.0), backend="pil")
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert (picture == np.array([70, 130, 200])).all(axis=-1).sum() > 50  # the bar is drawn

@@ -42,7 +42,7 @@ from cordaseg.engine.logging import read_metrics
 from cordaseg.errors import CheckpointError, one_line
 from cordaseg.evaluation.predict import PredictConfig, predict_image, upsampled_argmax
 from cordaseg.models import checkpoint as model_checkpoint
-from cordaseg.models.checkpoint import atomic_save, model_payload, read_file
+from cordaseg.models.checkpoint import atomic_save, load_model, model_payload, read_file
 from cordaseg.models.convert import project_to_reference, reference_model_config
 from cordaseg.models.corda import ModelConfig, build_model
 
@@ -60,6 +60,16 @@ class _Opaque:  # what makes a legitimate old checkpoint a full pickle: a class 
 class _Shell:  # what makes a malicious one: unpickling calls os.system
     def __reduce__(self):
         return (os.system, ("echo unpickled",))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny runs here are a few milliseconds per operation: one thread is fastest, above all on
+    a shared machine, where idle threads of a parallel region spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +350,8 @@ def test_scan_never_unpickles(world, monkeypatch):
     for name in ("malicious", "empty", "truncated", "random", "json"):
         with pytest.raises(CheckpointError):
             read_file(world[name])
+    with pytest.raises(CheckpointError, match="empty file"):
+        load_model(world["empty"])
 
 
 def test_worker_traceback_becomes_its_original_message():
@@ -370,8 +382,10 @@ def test_damaged_frame_in_a_worker_is_one_line_in_evaluate(world, tmp_path, caps
 def test_damaged_frame_in_a_worker_is_one_line_in_train(world, tmp_path, capsys):
     tree = copy_tree(world, "gta5", tmp_path)
     bad = _truncate(sorted((tree / "images").glob("*.png"))[2])  # quick_check decodes 2 at each end only
-    line = one_error_line(capsys, tiny_argv(world, tmp_path / "run", f"source.root={tree}", "run.num_workers=2",
-                                            "optim.iterations=12"))
+    # A batch of all six frames: a worker process (one is enough; the default is 2) meets the damaged
+    # one in the first batch.
+    line = one_error_line(capsys, tiny_argv(world, tmp_path / "run", f"source.root={tree}", "run.num_workers=1",
+                                            "optim.batch_size=6"))
     assert bad.name in line and "cannot decode" in line
 
 
@@ -588,7 +602,7 @@ def test_random_sigkills_and_resumes_end_bit_identical(world, tmp_path):
     iterations = 8
     extra = (f"optim.iterations={iterations}", "checkpoint.keep_last=2")
     argv = tiny_argv(world, tmp_path / "killed", *extra)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(2024)
     killed_dir = tmp_path / "killed"
     kills = 0

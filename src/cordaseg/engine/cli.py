@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume  # None: auto-resume if configured
     try:
-        result = train(cfg, resume=resume, allow_config_change=args.allow_config_change)
+        result = train(cfg, resume=resume, allow_config_change=args.allow_config_change, announce=True)
     except TrainingInterrupted as stop:
         print(f"cordaseg: {stop}", file=sys.stderr)
         if stop.checkpoint is not None:

@@ -429,7 +429,7 @@ class _Run:
             atomic_save(model_payload(self.student, cfg.model, iteration=self.iteration, config=to_dict(cfg),
                                       miou=miou), self.run_dir / "best.pt")
 
-    def fit(self) -> TrainResult:
+    def fit(self, announce: bool = False) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         total = cfg.optim.iterations
         if ctx.is_main:
@@ -437,7 +437,8 @@ class _Run:
             tmp = config_file.with_name(f".{config_file.name}.tmp")
             tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
             tmp.replace(config_file)
-            self._announce()
+            if announce:
+                self._announce()
         bar = progress_bar(total, self.iteration, ctx.is_main and cfg.logging.progress)
         nonfinite = torch.zeros((), dtype=torch.bool, device=ctx.device)
         loss_peak = torch.zeros((), dtype=torch.float32, device=ctx.device)
@@ -499,20 +500,21 @@ class _Run:
                            self.student, self.teacher, ctx.is_main)
 
 
-def train(cfg: TrainConfig, resume: bool | str | Path | None = None, allow_config_change: bool = False
-          ) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool | str | Path | None = None, allow_config_change: bool = False,
+          announce: bool = False) -> TrainResult:
     """Run (or resume) the configured training.
 
     ``resume``: None resumes from the newest checkpoint of the current lineage in ``run.out_dir``
     when ``run.auto_resume`` is set; True requires such a checkpoint; a path resumes from that
     file. A config that differs from the resumed run's is refused unless ``allow_config_change``
     (see :mod:`cordaseg.engine.run_folder`). Every configuration problem is raised before a model
-    is built or data is read.
+    is built or data is read. ``announce`` prints where the run starts from and where its outputs
+    go (what ``cordaseg train`` shows).
     """
     plan = preflight(cfg, resume, allow_config_change)
     ctx = distributed.init(cfg.run.device, key="run.device")
     try:
         with numerics(cfg, ctx.device):
-            return _Run(cfg, ctx, plan).fit()
+            return _Run(cfg, ctx, plan).fit(announce)
     finally:
         distributed.shutdown()

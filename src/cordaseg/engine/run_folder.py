@@ -11,7 +11,9 @@ run started, its branches and every accepted config change. From it:
   warning naming the bad file) when the newest cannot be read; checkpoints of another lineage are
   never taken, and a folder where the choice is ambiguous is refused with what to do;
 - pruning keeps the newest ``checkpoint.keep_last`` checkpoints of the writing run's own lineage
-  and never touches another lineage's files (:func:`prune_lineage`);
+  and never touches another lineage's files (:func:`prune_lineage`); a branch's checkpoints and
+  best model carry its lineage id in their names (``checkpoint_00000022.<lineage>.pt``,
+  ``best.<lineage>.pt``), so they never replace the files of the line it left;
 - a run that reuses the folder with another config is refused unless ``--allow-config-change``
   (keys that do not change what is trained, such as ``logging.*`` or ``run.num_workers``, may
   always change: :data:`FREE_KEYS`);
@@ -90,7 +92,7 @@ def remove_temporaries(run_dir: str | Path) -> list[Path]:
     if not run_dir.is_dir():
         return []
     removed = []
-    for pattern in (".checkpoint_*.tmp", ".best.pt.*.tmp", f".{RUN_FILE}.tmp", ".config.yaml.tmp", "metrics.tmp"):
+    for pattern in (".checkpoint_*.tmp", ".best*.pt.*.tmp", f".{RUN_FILE}.tmp", ".config.yaml.tmp", "metrics.tmp"):
         for path in run_dir.glob(pattern):
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -426,8 +426,11 @@ class _Run:
             "IoU": dict(zip(result.class_names, (float(v) for v in result.iou))),
         })
         if improved and cfg.eval.keep_best and self.ctx.is_main:
+            # A branch keeps its own best model beside the one of the line it left.
+            name = "best.pt" if self.start.tag is None else f"best.{self.start.tag}.pt"
             atomic_save(model_payload(self.student, cfg.model, iteration=self.iteration, config=to_dict(cfg),
-                                      miou=miou), self.run_dir / "best.pt")
+                                      miou=miou, run_id=self.start.run_id, lineage=self.start.lineage),
+                        self.run_dir / name)
 
     def fit(self, announce: bool = False) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx

@@ -424,7 +424,10 @@ def _plan_fresh(cfg: Any, run_dir: Path, record: dict[str, Any] | None, found: l
     if not leftovers:
         return RunStart(new_id(), new_id())
     start = (record or {}).get("start") or {}
-    if record is None or found:
+    if found:
+        raise ConfigError(f"run.out_dir: {run_dir} holds checkpoints of an earlier run; resume it (--resume) "
+                          "or choose another run.out_dir")
+    if record is None:
         raise ConfigError(
             f"run.out_dir: {run_dir} holds {', '.join(leftovers)} of an earlier run but no checkpoint to "
             "resume from; starting here would replace its config and mix its metrics. Choose another "

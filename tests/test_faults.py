@@ -414,14 +414,16 @@ def test_predict_argmax_in_strips_equals_the_whole_image(world):
     np.testing.assert_array_equal(strips.train_ids, whole.train_ids)
 
 
-def test_auto_resume_falls_back_past_a_corrupt_newest_checkpoint(world, finished_run, tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "cause"), [("empty", "empty file"), ("truncated", "truncated")])
+def test_auto_resume_falls_back_past_a_corrupt_newest_checkpoint(world, finished_run, tmp_path, capsys, damage,
+                                                                 cause):
     run = copy_run(finished_run, tmp_path)
     newest = run / ckpt.checkpoint_name(2)
-    newest.write_bytes(newest.read_bytes()[:100])
+    newest.write_bytes(b"" if damage == "empty" else newest.read_bytes()[:100])
     (run / ".checkpoint_00000002.pt.k1x2.tmp").write_bytes(b"left by a killed save")
     assert cli.main(tiny_argv(world, run)) == 0
     err = capsys.readouterr().err
-    assert re.search(r"cordaseg: warning: skipping .*checkpoint_00000002\.pt.*truncated", err), err
+    assert re.search(rf"cordaseg: warning: skipping .*checkpoint_00000002\.pt.*{cause}", err), err
     assert "trainer.py" not in err and "warnings.warn" not in err  # no source line
     again = ckpt.load_checkpoint(newest)  # iteration 2 trained again from checkpoint 1 and saved
     original = ckpt.load_checkpoint(finished_run / ckpt.checkpoint_name(2))

@@ -49,6 +49,18 @@ def test_train_step_benchmark_tiny_preset():
         assert record["compile"] is False and record["channels_last"] is True
 
 
+@pytest.mark.slow
+def test_data_loading_benchmark_prints_each_pipeline_beside_its_decode_floor():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_loading.py"), "--frames", "1",
+                             "--samples", "1", "--rounds", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if "samples/s per core" in line]
+    assert len(lines) == 6
+    for line in lines:
+        assert "decode floor" in line and "image: " in line and line.endswith("of the floor")
+    assert "label: PIL" in lines[0]  # GTA5 palette labels have no other lossless decoder
+
+
 def test_train_step_benchmark_rejects_a_missing_device_or_bad_sizes():
     script = REPO / "benchmarks" / "train_step.py"
     bad = subprocess.run([sys.executable, str(script), "--tiny", "--batch", "0"], capture_output=True,

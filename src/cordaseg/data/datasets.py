@@ -31,6 +31,7 @@ import torch
 from cordaseg.config import ConfigError
 from cordaseg.data import formats, transforms
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, IGNORE_INDEX, SYNTHIA_ID_TO_TRAIN
+from cordaseg.data.memory import keep_freed_memory
 from cordaseg.data.normalization import CAFFE_MEAN_BGR
 from cordaseg.errors import DataError
 
@@ -272,9 +273,12 @@ def read_frame(cfg: DatasetConfig, record: SampleRecord) -> RawFrame:
 
 
 def _normalize_bgr(image_bgr: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
-    image = image_bgr.astype(np.float32)
-    image -= np.asarray(mean_bgr, dtype=np.float32)
-    return torch.from_numpy(image.transpose(2, 0, 1).copy())  # (3, H, W)
+    """(H, W, 3) uint8 -> (3, H, W) float32 minus the mean, in one pass (the values of
+    ``image.astype(float32) - mean``)."""
+    image = np.empty((3, *image_bgr.shape[:2]), dtype=np.float32)  # (3, H, W)
+    mean = np.asarray(mean_bgr, dtype=np.float32)[:, None, None]
+    np.subtract(image_bgr.transpose(2, 0, 1), mean, out=image, dtype=np.float32)
+    return torch.from_numpy(image)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -299,6 +303,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        keep_freed_memory()  # once per process: the frame buffers below are reused, not page-faulted again
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
         frame = read_frame(self.cfg, record)

@@ -287,12 +287,6 @@ def read_camera_json(path: str | Path) -> dict[str, float]:
 # Decoders: raw file values -> the loader's inverse-depth-like float32 values (invalid = 1.0)
 
 
-def _build_disparity_table() -> np.ndarray:
-    table = (np.arange(65536, dtype=np.float64) / 256.0 + 1.0).astype(np.float32)
-    table.setflags(write=False)
-    return table
-
-
 def _build_synthia_table() -> np.ndarray:
     depth_m = np.arange(65536, dtype=np.float64) / 100.0
     table = (INVERSE_DEPTH_SCALE / (depth_m + INVERSE_DEPTH_OFFSET)).astype(np.float32)
@@ -300,19 +294,29 @@ def _build_synthia_table() -> np.ndarray:
     return table
 
 
-# 65536-entry lookup tables: decoding a uint16 map is one indexing operation.
-_DISPARITY_TABLE = _build_disparity_table()
+# 65536-entry lookup table: decoding a uint16 map is one indexing operation.
 _SYNTHIA_TABLE = _build_synthia_table()
+
+
+def _disparity(raw: np.ndarray) -> np.ndarray:
+    """uint16 -> ``v / 256 + 1`` in float32 arithmetic, which is exact: v / 256 only shifts the
+    exponent, and v / 256 + 1 < 257 needs 17 significant bits of float32's 24. So the values
+    equal the float64 formula rounded to float32, in one conversion and two in-place passes
+    (several times faster than a 65536-entry table lookup on a full frame)."""
+    disparity = np.asarray(raw, dtype=np.uint16).astype(np.float32)
+    disparity *= np.float32(1 / 256)
+    disparity += np.float32(1)
+    return disparity
 
 
 def decode_gta_disparity(raw: np.ndarray) -> np.ndarray:
     """GTA5 ``disparity/`` uint16 -> ``v / 256 + 1`` (float32; 0 gives the invalid 1.0)."""
-    return _DISPARITY_TABLE[np.asarray(raw, dtype=np.uint16)]
+    return _disparity(raw)
 
 
 def decode_mono_disparity(raw: np.ndarray) -> np.ndarray:
     """Cityscapes mono ``disparity/`` uint16 -> ``v / 256 + 1`` (float32)."""
-    return _DISPARITY_TABLE[np.asarray(raw, dtype=np.uint16)]
+    return _disparity(raw)
 
 
 def decode_synthia_depth(raw_cm: np.ndarray) -> np.ndarray:

@@ -165,16 +165,18 @@ def _visible_pil(array: np.ndarray, geometry: Geometry, resample: str,
     vx0, vy0, vx1, vy1 = _visible(geometry)
     sx0, sy0, sx1, sy1 = source_region(geometry, resample)
     region = array[sy0:sy1, sx0:sx1]
-    if convert is not None:
-        region = convert(region)
     if (vx0, vy0, vx1, vy1) == (0, 0, target_w, target_h) and (target_w, target_h) == (source_w, source_h):
-        return region
+        return region if convert is None else convert(region)
     if resample == "nearest":
         # Index arithmetic of PIL's nearest filter, computed for the whole frame and sliced, so
-        # the crop equals the crop of the full resize exactly.
+        # the crop equals the crop of the full resize exactly. ``convert`` works pixel by pixel,
+        # so it runs on the picked pixels only (a quarter of the region when halving Cityscapes).
         rows = _nearest_indices(source_h, target_h)[vy0:vy1] - sy0
         cols = _nearest_indices(source_w, target_w)[vx0:vx1] - sx0
-        return region[rows[:, None], cols[None, :]]
+        picked = region[rows][:, cols]  # rows, then columns: several times faster than one 2-D gather
+        return picked if convert is None else convert(picked)
+    if convert is not None:
+        region = convert(region)
     scale_x, scale_y = source_w / target_w, source_h / target_h
     box = (vx0 * scale_x - sx0, vy0 * scale_y - sy0, vx1 * scale_x - sx0, vy1 * scale_y - sy0)
     # np.array, not np.asarray: PIL's buffer is read-only and torch needs writable memory.
@@ -185,11 +187,19 @@ def _visible_opencv(array: np.ndarray, geometry: Geometry, resample: str,
                     convert: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     """The visible part of the crop window, cut from the whole frame converted then resized with
     ``cv2.resize``, the order of the reference (decode, resize, crop)."""
+    vx0, vy0, vx1, vy1 = _visible(geometry)
+    if resample == "nearest" and convert is not None:
+        # Nearest copies source pixels, whatever their type, so resizing the stored values and
+        # converting the crop gives the values of converting the frame first, for the crop only.
+        if array.shape[1::-1] != geometry.target_size:
+            array = cv2.resize(array, geometry.target_size, interpolation=cv2.INTER_NEAREST)
+        frame = convert(array[vy0:vy1, vx0:vx1])
+        _check_resamplable(frame)
+        return frame
     frame = array if convert is None else convert(array)
     _check_resamplable(frame)
     if frame.shape[1::-1] != geometry.target_size:
         frame = cv2.resize(frame, geometry.target_size, interpolation=CV2_INTERPOLATION[resample])
-    vx0, vy0, vx1, vy1 = _visible(geometry)
     return frame[vy0:vy1, vx0:vx1]
 
 
@@ -204,10 +214,13 @@ def apply_geometry(
     """Resize ``array`` ((H, W[, C])) to the target size and crop the window, padding with ``fill``
     outside the frame; then flip if the geometry says so.
 
-    ``convert`` (e.g. an ID lookup or a depth decoder) is applied to the source pixels first; the
-    result must be (H, W) uint8 / float32 or (H, W, 3) uint8. With ``backend="pil"`` only the
-    source region the crop reads is converted and resampled; with ``backend="opencv"`` the whole
-    frame is converted and resized with OpenCV, then cropped (see the module docstring).
+    ``convert`` (e.g. an ID lookup or a depth decoder) maps each source pixel on its own (so it
+    may run on any subset of them) and is applied before resampling; the result must be (H, W)
+    uint8 / float32 or (H, W, 3) uint8. With ``backend="pil"`` only the source region the crop
+    reads is converted and resampled (nearest: only the pixels it picks); with
+    ``backend="opencv"`` the whole frame is converted and resized with OpenCV, then cropped (see
+    the module docstring; nearest: the stored values are resized and the crop converted, which
+    gives the same values).
     """
     if backend not in ("pil", "opencv"):
         raise ValueError(f"backend must be 'pil' or 'opencv', got {backend!r}")
@@ -236,5 +249,5 @@ def resize(array: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarra
     if resample == "nearest":
         rows = _nearest_indices(array.shape[0], size[1])
         cols = _nearest_indices(array.shape[1], size[0])
-        return array[rows[:, None], cols[None, :]]
+        return array[rows][:, cols]
     return np.array(_to_pil(array).resize(tuple(size), RESAMPLE[resample]))

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from presets import add_model_args, apply_preset, flags, resolve_device
+from presets import add_model_args, apply_preset, benchmark_device, flags
 
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.evaluation.inference import InferenceConfig
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args)
+    device = benchmark_device(args)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     height, width = args.size
     torch.manual_seed(0)

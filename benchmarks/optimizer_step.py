@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from presets import add_model_args, resolve_device
+from presets import add_model_args, benchmark_device
 
 from cordaseg.engine.optim import MultiplicitySGD
 from cordaseg.models.corda import ModelConfig, build_model, param_groups
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads: 0 = PyTorch's default")
     args = parser.parse_args(argv)
     args.device = args.device or "auto"
-    device = resolve_device(args)
+    device = benchmark_device(args)
     model = build_model(ModelConfig(backbone_depth=args.backbone or 101, backbone_width=args.backbone_width or 64,
                                     head_width=args.head_width or 256)).to(device)
     for p in model.parameters():

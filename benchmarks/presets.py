@@ -7,6 +7,9 @@ import sys
 
 import torch
 
+from cordaseg.config import ConfigError
+from cordaseg.runtime.device import resolve_device
+
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The device and network-size options both speed benchmarks take (unset = from the preset)."""
@@ -24,14 +27,13 @@ def apply_preset(args: argparse.Namespace, tiny: dict, full: dict) -> argparse.N
     return args
 
 
-def resolve_device(args: argparse.Namespace) -> torch.device:
-    """``--device auto|cpu|cuda`` -> a device (auto: CUDA when present); set ``--threads``."""
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
+def benchmark_device(args: argparse.Namespace) -> torch.device:
+    """``--device auto|cpu|cuda`` -> a device (:func:`cordaseg.runtime.device.resolve_device`); set
+    ``--threads``."""
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        sys.exit(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     return device

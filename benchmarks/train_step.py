@@ -43,7 +43,7 @@ import time
 import warnings
 
 import torch
-from presets import add_model_args, apply_preset, flags, resolve_device
+from presets import add_model_args, apply_preset, benchmark_device, flags
 
 from cordaseg.adaptation import AdaptationConfig
 from cordaseg.engine.config import OptimConfig, RunConfig, TrainConfig
@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args)
+    device = benchmark_device(args)
     for precision, channels_last, compile_model, merged, teacher_stream, multiplicity in itertools.product(
         args.precision, args.channels_last, args.compile, args.merged, args.teacher_stream, args.multiplicity
     ):

@@ -31,8 +31,9 @@ from cordaseg.demo.pipeline import (
     run_demo,
 )
 from cordaseg.engine.checkpoint import check_same_model
-from cordaseg.models.checkpoint import atomic_save, model_payload, read_file
+from cordaseg.models.checkpoint import model_payload, read_file
 from cordaseg.models.corda import build_model
+from cordaseg.runtime.files import atomic_save
 
 SPEED = {"source_only": 0.1, "oracle": 0.1, "dacs": 0.3, "corda": 0.5}
 

@@ -20,7 +20,7 @@ from cordaseg.depth.export import (
 )
 from cordaseg.depth.trainer import DepthTrainConfig, build_networks, depth_payload, load_depth_checkpoint
 from cordaseg.errors import CheckpointError, CordasegError
-from cordaseg.models.checkpoint import atomic_save
+from cordaseg.runtime.files import atomic_save
 
 # The loader's depth kind for each export format.
 LOADER_KIND = {"cityscapes-mono": "mono", "gta-disparity": "disparity", "stereo-mat": "stereo",

@@ -23,8 +23,9 @@ from cordaseg.engine import trainer as trainer_module
 from cordaseg.engine.config import TrainConfig, load_train_config
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import TrainingDiverged, effective_lr, train
-from cordaseg.models.checkpoint import atomic_save, load_model, model_payload
+from cordaseg.models.checkpoint import load_model, model_payload
 from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.runtime.files import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_cpu.yaml"

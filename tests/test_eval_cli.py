@@ -19,8 +19,9 @@ from cordaseg.data.datasets import DatasetConfig, build_dataset, read_label_trai
 from cordaseg.data.labels import NUM_CLASSES, PROTOCOLS
 from cordaseg.data.synth import generate_tree
 from cordaseg.evaluation.cli import build_eval_dataset
-from cordaseg.models.checkpoint import atomic_save, model_payload
+from cordaseg.models.checkpoint import model_payload
 from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
+from cordaseg.runtime.files import atomic_save
 
 
 @pytest.fixture(scope="module")

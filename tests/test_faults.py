@@ -42,9 +42,10 @@ from cordaseg.engine.logging import read_metrics
 from cordaseg.errors import CheckpointError, one_line
 from cordaseg.evaluation.predict import PredictConfig, predict_image, upsampled_argmax
 from cordaseg.models import checkpoint as model_checkpoint
-from cordaseg.models.checkpoint import atomic_save, load_model, model_payload, read_file
+from cordaseg.models.checkpoint import load_model, model_payload, read_file
 from cordaseg.models.convert import project_to_reference, reference_model_config
 from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.runtime.files import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_cpu.yaml"

@@ -11,7 +11,6 @@ import torch
 
 from cordaseg.errors import CheckpointError
 from cordaseg.models.checkpoint import (
-    atomic_save,
     convert_file,
     convert_reference,
     load_model,
@@ -26,6 +25,7 @@ from cordaseg.models.convert import (
     reference_model_config,
 )
 from cordaseg.models.corda import ASPPClassifier, ModelConfig, build_model, param_groups
+from cordaseg.runtime.files import atomic_save
 from refweights import VARIANTS, fabricate_state, read_key_table, reference_input, reference_vectors
 
 REF_OUTPUT_NAMES = {

@@ -17,6 +17,7 @@ from cordaseg.config import ConfigError
 from cordaseg.engine.config import load_train_config
 from cordaseg.engine.sync_batchnorm import SyncBatchNorm2d, convert_sync_batchnorm
 from cordaseg.models.backbone import DeepLabResNet
+from cordaseg.runtime.distributed import unwrap
 
 WORLD_SIZE = 2
 
@@ -75,7 +76,7 @@ def run_steps(model: nn.Module, image: torch.Tensor, target: torch.Tensor, steps
         optimizer.step()
     with torch.no_grad():
         record["no_grad_output"] = model(image)
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     record["buffers"] = {name: b.clone() for name, b in net.named_buffers()}
     record["params"] = {name: p.detach().clone() for name, p in net.named_parameters()}
     return record

@@ -8,14 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cordaseg.runtime.distributed import unwrap
+
 
 def ema_alpha(iteration: int, alpha_max: float) -> float:
     """alpha_i = min(1 - 1 / (i + 1), alpha_max): 0 at i = 0 (the teacher becomes a copy of the student)."""
     return min(1.0 - 1.0 / (iteration + 1), alpha_max)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel keeps the network in .module
 
 
 @torch.no_grad()
@@ -26,8 +24,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, iteration: int, alpha_max
     one Python-level update per tensor. Accepts DDP-wrapped models.
     """
     alpha = ema_alpha(iteration, alpha_max)
-    teacher_params = [p.data for p in _unwrap(teacher).parameters()]
-    student_params = [p.data for p in _unwrap(student).parameters()]
+    teacher_params = [p.data for p in unwrap(teacher).parameters()]
+    student_params = [p.data for p in unwrap(student).parameters()]
     if len(teacher_params) != len(student_params):
         raise ValueError(
             f"teacher has {len(teacher_params)} parameters, student {len(student_params)}: not the same network"

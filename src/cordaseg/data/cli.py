@@ -14,7 +14,7 @@ import sys
 from cordaseg.cli_types import positive_int, size_wxh
 from cordaseg.config import ConfigError
 from cordaseg.data.synth import FORMATS, REAL_SIZES
-from cordaseg.outputs import check_empty_or_new_folder
+from cordaseg.runtime.outputs import check_empty_or_new_folder
 
 DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
 

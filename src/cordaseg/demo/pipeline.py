@@ -64,8 +64,9 @@ from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import train
 from cordaseg.errors import CheckpointError
 from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation
-from cordaseg.models.checkpoint import atomic_save, load_state, model_payload, read_file
+from cordaseg.models.checkpoint import load_state, model_payload, read_file
 from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.runtime.files import atomic_save
 
 # The four runs, in the order they are trained and reported.
 METHODS = ("source_only", "oracle", "dacs", "corda")

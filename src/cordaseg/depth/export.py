@@ -76,8 +76,9 @@ from cordaseg.depth.align import (
     fit_scale_shift,
     stereo_inverse_depth,
 )
-from cordaseg.depth.trainer import load_depth_checkpoint, resolve_device
+from cordaseg.depth.trainer import load_depth_checkpoint
 from cordaseg.errors import CordasegError, DataError
+from cordaseg.runtime.device import resolve_device
 
 EXPORT_FORMATS = ("cityscapes-mono", "gta-disparity", "stereo-mat", "synthia-depth")
 METRIC_FORMATS = ("stereo-mat", "synthia-depth")  # encodings that store metres (or centimetres)

@@ -32,7 +32,9 @@ from cordaseg.depth.losses import min_reprojection, photometric_error, smoothnes
 from cordaseg.depth.network import DepthModelConfig, DepthNetwork, PoseNetwork, disparity_to_depth
 from cordaseg.depth.warping import pose_to_transform, stereo_transform, warp
 from cordaseg.errors import CheckpointError
-from cordaseg.models.checkpoint import atomic_save, read_file
+from cordaseg.models.checkpoint import read_file
+from cordaseg.runtime.device import resolve_device
+from cordaseg.runtime.files import atomic_save
 
 CHECKPOINT_FORMAT = "cordaseg-depth"
 CHECKPOINT_VERSION = 1
@@ -203,15 +205,6 @@ def load_depth_checkpoint(path: str | Path, device: str | torch.device = "cpu"
 # Training loop
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"run.device: {name!r} is not a device ({err})") from err
-
-
 def build_networks(cfg: DepthTrainConfig) -> tuple[DepthNetwork, PoseNetwork | None]:
     torch.manual_seed(cfg.run.seed)  # weight init only; the loop's randomness uses its own generators
     depth_net = DepthNetwork(cfg.model)
@@ -221,7 +214,7 @@ def build_networks(cfg: DepthTrainConfig) -> tuple[DepthNetwork, PoseNetwork | N
 
 def train_depth(cfg: DepthTrainConfig, progress: bool = True) -> Path:
     """Train depth (and pose) networks; returns the path of the final checkpoint."""
-    device = resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device, key="run.device")
     out_dir = Path(cfg.run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -7,7 +7,7 @@ exactly as an uninterrupted one: ``"teacher"``, ``"optimizer"``, ``"iteration"``
 ``"data_state"``. Everything stored is a tensor, dict, list, number or string, so the file loads
 with ``torch.load(weights_only=True)``; Python and NumPy RNG states are stored as integer tensors.
 
-Files are written with :func:`cordaseg.models.checkpoint.atomic_save` (a temporary name in the
+Files are written with :func:`cordaseg.runtime.files.atomic_save` (a temporary name in the
 same directory, then ``os.replace``), so a run killed while saving never leaves a truncated
 checkpoint behind. Checkpoints also carry ``"run_id"`` and ``"lineage"``
 (:mod:`cordaseg.engine.run_folder`); a branch's checkpoints are named with its lineage id,

@@ -23,7 +23,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 
-def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+def _all_reduce_sum_with_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Sum of ``tensor`` over the ranks; its backward sums the incoming gradients over the ranks."""
     group = group if group is not None else dist.group.WORLD
     # torch.compiler.is_compiling is missing before PyTorch 2.3; there the eager collective is used.
@@ -87,7 +87,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
             (values * values).sum(dims, dtype=torch.float64),
             values.new_full((1,), values.numel() // channels, dtype=torch.float64),
         ])  # (2C + 1,): sum, sum of squares, count
-        total = _all_reduce_sum(local, self.process_group)
+        total = _all_reduce_sum_with_grad(local, self.process_group)
         count = total[2 * channels]
         mean = total[:channels] / count.clamp_min(1)  # (C,)
         var = (total[channels:2 * channels] / count.clamp_min(1) - mean * mean).clamp_min(0)  # biased, (C,)

@@ -47,7 +47,7 @@ from cordaseg.data.check import quick_check
 from cordaseg.data.datasets import build_dataset
 from cordaseg.data.loader import make_loader
 from cordaseg.engine import checkpoint as ckpt
-from cordaseg.engine import distributed, run_folder
+from cordaseg.engine import run_folder
 from cordaseg.engine.config import TrainConfig, validate
 from cordaseg.engine.iteration import (
     apply_sgd_flags,
@@ -61,7 +61,6 @@ from cordaseg.engine.sync_batchnorm import convert_sync_batchnorm
 from cordaseg.errors import CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.models.checkpoint import (
-    atomic_save,
     is_project_checkpoint,
     load_state,
     model_payload,
@@ -69,7 +68,10 @@ from cordaseg.models.checkpoint import (
 )
 from cordaseg.models.convert import load_init_weights
 from cordaseg.models.corda import build_model
-from cordaseg.outputs import check_folder
+from cordaseg.runtime import distributed
+from cordaseg.runtime.device import resolve_device
+from cordaseg.runtime.files import atomic_save
+from cordaseg.runtime.outputs import check_folder
 
 # Stream identifiers mixed into seeds, so that source order, target order and step draws differ.
 _SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM = 1, 2, 3
@@ -130,7 +132,7 @@ def preflight(cfg: TrainConfig, resume: bool | str | Path | None, allow_config_c
     """Validate the config, the device and the output folder, check the data trees cheaply, and
     find the starting point, before any model is built."""
     validate(cfg)
-    distributed.resolve_device(cfg.run.device, key="run.device")
+    resolve_device(cfg.run.device, key="run.device")
     check_folder(cfg.run.out_dir, "run.out_dir")
     # A cheap version of `cordaseg data check`: partners exist, first and last frames decode.
     quick_check(cfg.source)

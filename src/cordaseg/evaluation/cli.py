@@ -15,7 +15,7 @@ from typing import Any
 from cordaseg.cli_types import size_wxh
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
 from cordaseg.errors import CordasegError
-from cordaseg.outputs import check_folder
+from cordaseg.runtime.outputs import check_folder
 
 
 def _input_size(text: str) -> tuple[int, int] | None:
@@ -212,10 +212,10 @@ def check_evaluation_labels(dataset) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cordaseg.engine import distributed
     from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
     from cordaseg.evaluation.report import write_report
     from cordaseg.models.checkpoint import load_model
+    from cordaseg.runtime import distributed
 
     if args.batch_size < 1 or args.num_workers < 0 or args.max_images < 0 or args.samples < 0:
         raise CordasegError("--batch-size must be >= 1; --num-workers, --max-images and --samples >= 0")
@@ -253,9 +253,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cordaseg.engine.distributed import resolve_device
     from cordaseg.evaluation.predict import PredictConfig, predict_files
     from cordaseg.models.checkpoint import load_model
+    from cordaseg.runtime.device import resolve_device
 
     config = PredictConfig(
         input_size=args.input_size, inference=_inference_config(args), write_color=not args.no_color,

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -41,6 +40,7 @@ from cordaseg.evaluation.metrics import (
     depth_bin_scores,
     segmentation_scores,
 )
+from cordaseg.runtime.distributed import all_reduce_sum, rank_and_world_size
 
 
 @dataclass
@@ -201,12 +201,6 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def _distributed_rank() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def make_loader(dataset: Dataset | Sequence[dict[str, Any]], batch_size: int = 1, num_workers: int = 0, distributed: bool = False) -> DataLoader:
     """A sequential loader; under a process group each rank takes every world_size-th sample.
 
@@ -214,7 +208,7 @@ def make_loader(dataset: Dataset | Sequence[dict[str, Any]], batch_size: int = 1
     image is scored exactly once over all ranks.
     """
     if distributed:
-        rank, world_size = _distributed_rank()
+        rank, world_size = rank_and_world_size()
         dataset = Subset(dataset, list(range(rank, len(dataset), world_size)))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=_collate, pin_memory=torch.cuda.is_available())
@@ -266,7 +260,7 @@ def evaluate_segmentation(
         loader: Iterable[dict[str, Any]] = make_loader(dataset_or_loader, batch_size, num_workers, distributed)
     else:
         loader = dataset_or_loader
-    rank, _ = _distributed_rank() if distributed else (0, 1)
+    rank, _ = rank_and_world_size() if distributed else (0, 1)
 
     was_training = model.training
     model.eval()
@@ -317,8 +311,7 @@ def evaluate_segmentation(
             binned.all_reduce()
         for meter in depth_meters.values():
             meter.all_reduce()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(image_count)
+        all_reduce_sum(image_count)
     scores = segmentation_scores(confusion.numpy(), class_names)
     bins = depth_bin_scores(binned.numpy(), binned.edges) if binned is not None else []
     return EvalResult(

@@ -32,22 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from cordaseg.data.formats import INVERSE_DEPTH_OFFSET, INVERSE_DEPTH_SCALE
 from cordaseg.data.labels import CLASS_NAMES, NUM_CLASSES, PROTOCOLS
+from cordaseg.runtime.distributed import all_reduce_sum
 
 # The loader's marker for a pixel without valid depth (spec section 5).
 INVALID_DEPTH = 1.0
 # Lower edges (metres) of the depth ranges of the depth-binned mIoU; the last range is open.
 DEFAULT_DEPTH_BINS = (0.0, 10.0, 20.0, 40.0)
-
-
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` in place over all processes when a process group is running."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
 
 
 class ConfusionMatrix:
@@ -75,7 +68,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all processes (no-op without a process group); returns self."""
-        _all_reduce_sum(self.matrix)
+        all_reduce_sum(self.matrix)
         return self
 
     def numpy(self) -> np.ndarray:
@@ -149,7 +142,7 @@ class DepthMeter:
 
     def all_reduce(self) -> DepthMeter:
         """Sum over all processes (no-op without a process group); returns self."""
-        _all_reduce_sum(self.sums)
+        all_reduce_sum(self.sums)
         return self
 
     def compute(self) -> dict[str, float]:
@@ -222,7 +215,7 @@ class DepthBinnedConfusion:
 
     def all_reduce(self) -> DepthBinnedConfusion:
         """Sum over all processes (no-op without a process group); returns self."""
-        _all_reduce_sum(self.matrix)
+        all_reduce_sum(self.matrix)
         return self
 
     def numpy(self) -> np.ndarray:

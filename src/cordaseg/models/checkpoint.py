@@ -1,4 +1,4 @@
-"""The project's checkpoint format, atomic writing, and ``load_model`` for any supported file.
+"""The project's checkpoint format and ``load_model`` for any supported file.
 
 A project checkpoint is a dict that ``torch.load(..., weights_only=True)`` reads:
 
@@ -19,9 +19,6 @@ caller passes ``trust_pickle=True`` after the user has been told.
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,72 +36,16 @@ from cordaseg.models.convert import (
     strip_module_prefix,
 )
 from cordaseg.models.corda import CordaNet, ModelConfig, build_model
+from cordaseg.runtime.distributed import unwrap
+from cordaseg.runtime.files import atomic_save
 
 FORMAT = "cordaseg"
 FORMAT_VERSION = 1
 
 
-class _WriteErrors:
-    """A binary file that remembers the OSError of a failed write: torch's zip writer turns it
-    into an unhelpful RuntimeError ("unexpected pos ..."), the OSError says what happened."""
-
-    def __init__(self, file) -> None:
-        self.file = file
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file. A
-    failed write (a full disk, a lost mount) removes the temporary file and raises an OSError
-    that names ``path``, such as "No space left on device".
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = _WriteErrors(f)
-            try:
-                torch.save(obj, writer)
-            except RuntimeError as err:
-                if writer.error is None:
-                    raise
-                raise _naming(writer.error, path) from err
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise _naming(err, path) from err
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _naming(err: OSError, path: Path) -> OSError:
-    """``err`` with ``path`` as its file name (the temporary name means nothing to the user)."""
-    code = err.errno or errno.EIO
-    return OSError(code, err.strerror or os.strerror(code), str(path))
-
-
 def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
     """The project checkpoint dict for ``model`` (a DDP wrapper is unwrapped)."""
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -258,7 +199,7 @@ def load_model(path: str | Path, weights: str = "student", variant: str | None =
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path = "<memory>") -> None:
     """Strict load with a message that names the missing, unexpected or mis-shaped keys."""
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     target = net.state_dict()
     check_keys(state, target, [k for k in state if k not in target], what=f"{path}: weights")
     net.load_state_dict(state, strict=True)

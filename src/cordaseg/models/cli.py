@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cordaseg.errors import CordasegError
 from cordaseg.models.convert import REFERENCE_VARIANTS
-from cordaseg.outputs import check_file
+from cordaseg.runtime.outputs import check_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

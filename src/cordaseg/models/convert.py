@@ -27,6 +27,7 @@ import torch
 
 from cordaseg.errors import CheckpointError
 from cordaseg.models.corda import ModelConfig
+from cordaseg.runtime.distributed import unwrap
 
 # (reference prefix, project prefix). Longest matching prefix wins.
 KEY_TABLE: tuple[tuple[str, str], ...] = (
@@ -208,7 +209,7 @@ def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor] 
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{path}: not a DeepLab initialisation state dict")
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     state = strip_module_prefix(state)
     if state and all(k.startswith("Scale.") for k in state):
         state = {k[len("Scale.") :]: v for k, v in state.items()}

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from cordaseg.models.backbone import Bottleneck, DeepLabResNet, _init_conv_bn
+from cordaseg.runtime.distributed import unwrap
 
 
 @dataclass
@@ -250,7 +251,7 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0,
     :func:`reference_multiplicity` (named ``backbone_x1``, ``backbone_x3``, ...), for
     :class:`cordaseg.engine.optim.MultiplicitySGD`; ``"once"`` gives one backbone group.
     """
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     backbone_ids = {id(p) for p in net.backbone.parameters()}
     heads = [p for p in net.parameters() if p.requires_grad and id(p) not in backbone_ids]
     head_group = {"params": heads, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "heads",

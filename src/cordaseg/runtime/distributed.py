@@ -1,4 +1,4 @@
-"""Multi-GPU and multi-node training through ``torch.distributed`` and ``torchrun`` (issue 4, part 4).
+"""Multi-GPU and multi-node work through ``torch.distributed`` and ``torchrun``.
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init` reads them and starts a process group (NCCL on GPUs, gloo on CPU). Without them the
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cordaseg.config import ConfigError
+from cordaseg.runtime.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -46,30 +46,6 @@ class DistributedContext:
 def launched_by_torchrun() -> bool:
     """True when the torchrun environment variables are present."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def resolve_device(requested: str, local_rank: int = 0, key: str = "--device") -> torch.device:
-    """``"auto"`` -> this rank's CUDA device if there is one, else the CPU; ``"cuda"`` -> this
-    rank's CUDA device. A name that is not a device, or a CUDA device this machine lacks, is a
-    ConfigError naming ``key`` (the option or config key the name came from)."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"{key}: {requested!r} is not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise ConfigError(f"{key}: {requested!r} is not supported here (auto, cpu, cuda or cuda:N)")
-    if not torch.cuda.is_available():
-        why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise ConfigError(f"{key}: {requested!r} asks for a GPU, but {why}; use cpu (or auto)")
-    index = local_rank if device.index is None else device.index
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"{key}: {requested!r} asks for CUDA device {index}, but this machine has "
-                          f"{torch.cuda.device_count()}")
-    return torch.device("cuda", index)
 
 
 def init(requested_device: str = "auto", key: str = "--device") -> DistributedContext:
@@ -106,13 +82,27 @@ def wrap_student(student: nn.Module, ctx: DistributedContext) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The network inside DDP, DataParallel and ``torch.compile`` wrappers (or the module itself)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+            model = model._orig_mod
+        else:
+            return model
 
 
-def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
-    """Sum ``tensor`` in place over all ranks (a no-op in a single process)."""
-    if ctx.enabled:
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` in place over all processes of the running process group (a no-op without
+    one); returns it."""
+    if rank_and_world_size()[1] > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 

@@ -119,6 +119,7 @@ class DeepLabResNet(nn.Module):
         self.layer3 = make_layer(block, w * 2 * block.expansion, w * 4, counts[2], dilation=2)
         self.layer4 = make_layer(block, w * 4 * block.expansion, w * 8, counts[3], dilation=4)
         self.out_channels = w * 8 * block.expansion
+        self.stage_channels = tuple(w * k * block.expansion for k in (1, 2, 4, 8))
         _init_conv_bn(self)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -138,3 +139,12 @@ class DeepLabResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, w, H/4, W/4), ceil
         x = self.layer2(self.layer1(x))  # (B, 2w*e, H/8, W/8)
         return self.layer4(self.layer3(x))  # (B, 8w*e, H/8, W/8): dilated, no more striding
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four stage outputs, for a multi-level decoder (DAFormer's): strides 4, 8, 8, 8 (layer3
+        and layer4 are dilated), channels :attr:`stage_channels`."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c1 = self.layer1(x)  # (B, w*e, H/4, W/4)
+        c2 = self.layer2(c1)  # (B, 2w*e, H/8, W/8)
+        c3 = self.layer3(c2)
+        return [c1, c2, c3, self.layer4(c3)]

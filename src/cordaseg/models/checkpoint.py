@@ -35,7 +35,8 @@ from cordaseg.models.convert import (
     reference_to_project,
     strip_module_prefix,
 )
-from cordaseg.models.corda import CordaNet, ModelConfig, build_model
+from cordaseg.models.convert_mmseg import convert_mmseg_checkpoint, is_mmseg_checkpoint
+from cordaseg.models.corda import CordaNet, ModelConfig
 from cordaseg.runtime.distributed import unwrap
 from cordaseg.runtime.files import atomic_save
 
@@ -124,7 +125,10 @@ def convert_reference(obj: Any, path: str | Path = "<memory>", variant: str | No
 
     The reference optimiser state is not carried over: its parameter order is the reference's,
     so a converted file is for evaluation and fine-tuning, not for resuming the reference's run.
+    DAFormer and MIC checkpoints (mmsegmentation) go through :mod:`cordaseg.models.convert_mmseg`.
     """
+    if is_mmseg_checkpoint(obj):
+        return convert_mmseg_checkpoint(obj, path)
     student, teacher, iteration = _state_dicts_of_reference(obj, Path(path))
     student = strip_module_prefix(student)
     variant = variant or detect_variant(student)
@@ -191,7 +195,7 @@ def load_model(path: str | Path, weights: str = "student", variant: str | None =
     key = "model" if weights == "student" else "teacher"
     if key not in payload:
         raise CheckpointError(f"{path}: has no {weights} weights (keys: {', '.join(sorted(payload))})")
-    model = build_model(cfg)
+    model = CordaNet(cfg)  # not build_model: every weight comes from the file, cfg.pretrained is not read
     load_state(model, payload[key], path)
     model.to(map_location)
     return model.eval(), cfg

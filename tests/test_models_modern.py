@@ -348,3 +348,17 @@ def test_published_tables():
     assert round(encoder / 1e6, 1) == 81.4  # SegFormer's MiT-B5 encoder
     saved = {"model_config": {"backbone": "mit_b1", "backbone_blocks": [1, 1, 1, 1]}}  # as YAML / JSON give it
     assert model_config_of(saved).backbone_blocks == (1, 1, 1, 1)
+
+
+def test_transformers_see_rgb_with_imagenet_mean_and_std():
+    import numpy as np
+
+    from cordaseg.data.normalization import normalize_rgb
+    from cordaseg.models.transformer_backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, ImageNetInput
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    project_input = torch.from_numpy(normalize_rgb(rgb))[None]  # (1, 3, H, W) BGR minus the caffe mean
+    expected = (torch.from_numpy(rgb).permute(2, 0, 1)[None] / 255.0 - torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
+                ) / torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
+    torch.testing.assert_close(ImageNetInput()(project_input), expected, rtol=0, atol=1e-5)
+    assert not dict(ImageNetInput().state_dict())  # constants, never in checkpoints

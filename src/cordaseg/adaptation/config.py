@@ -3,7 +3,9 @@ strong augmentation and the EMA teacher.
 
 The defaults are the paper's GTA5 -> Cityscapes recipe. The SYNTHIA recipe differs only by
 ``initial_head_until: 0``; DACS and source-only are ``method: dacs`` / ``method: source_only``;
-the ablation "no depth-based weighting" is ``depth_weighting: false``.
+the ablation "no depth-based weighting" is ``depth_weighting: false``. DAFormer's training
+strategies (thing-class feature distance, pseudo-label row crop) and MIC's masked image
+consistency are options here, off by default (README, "Choosing a recipe").
 """
 
 from __future__ import annotations
@@ -61,6 +63,38 @@ class AugmentationConfig:
             )
 
 
+THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+"""Cityscapes train IDs of the classes DAFormer's feature distance is restricted to: traffic light,
+traffic sign, person, rider, car, truck, bus, train, motorcycle, bicycle."""
+
+
+@dataclass
+class MicConfig:
+    """Masked image consistency (Hoyer et al., "MIC", CVPR 2023; :mod:`cordaseg.adaptation.mic`)."""
+
+    enabled: bool = False
+    """Add the masked-target loss: the student on a patch-masked target image against the teacher's
+    pseudo-labels of the unmasked image."""
+    patch: int = 64
+    """Side of the square mask patches in pixels (MIC: 64 at full resolution; 32 for DAFormer's
+    half-resolution 512x512 crops, the setting of its DAFormer-based GTA5 -> Cityscapes runs)."""
+    ratio: float = 0.7
+    """Probability that a patch is masked (set to 0); a patch is kept with probability 1 - ratio."""
+    weight: float = 1.0
+    """Weight of the masked-image loss in the total (MIC: 1)."""
+    augment: bool = True
+    """Colour-jitter and blur the target image (``adaptation.augmentation``) before masking it, as
+    MIC's ``separatetrgaug`` mode."""
+
+    def __post_init__(self) -> None:
+        if self.patch < 1:
+            raise ConfigError(f"adaptation.mic.patch: {self.patch} must be >= 1")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ConfigError(f"adaptation.mic.ratio: {self.ratio} must lie in [0, 1]")
+        if self.weight < 0:
+            raise ConfigError(f"adaptation.mic.weight: {self.weight} must be >= 0")
+
+
 @dataclass
 class AdaptationConfig:
     """One adaptation iteration (spec section 3), as :func:`cordaseg.adaptation.adaptation_step` runs it."""
@@ -105,6 +139,20 @@ class AdaptationConfig:
     """Whether the jitter and blur apply / don't-apply decisions are drawn once per iteration and
     shared by the batch ('per_batch', the reference) or drawn per mixed image ('per_image'). The
     jitter factors and the blur sigma are drawn per image either way."""
+    feature_distance_weight: float = 0.0
+    """Weight of DAFormer's thing-class ImageNet feature distance in the source loss (DAFormer:
+    0.005; 0 = off). Needs a network with ``encode(x)``; see :mod:`cordaseg.adaptation.feature_distance`."""
+    feature_distance_classes: tuple[int, ...] = THING_CLASSES
+    """Train IDs whose source pixels the feature distance covers (DAFormer: the Cityscapes thing classes)."""
+    feature_distance_min_share: float = 0.75
+    """A feature cell counts as class c when c covers at least this share of its label pixels (DAFormer: 0.75)."""
+    pseudo_label_ignore_top: int = 0
+    """Pixel weight 0 for the target pixels of the mixed image in this many top rows (DAFormer: 15
+    for 512x512 Cityscapes crops)."""
+    pseudo_label_ignore_bottom: int = 0
+    """Pixel weight 0 for the target pixels in this many bottom rows (DAFormer: 120, the ego car)."""
+    mic: MicConfig = field(default_factory=MicConfig)
+    """Masked image consistency (MIC); off by default."""
 
     def __post_init__(self) -> None:
         if self.initial_head_until < 0:
@@ -122,6 +170,19 @@ class AdaptationConfig:
             raise ConfigError(f"adaptation.ignore_index: {self.ignore_index} must lie in [0, 255]")
         if not 0.0 <= self.ema_alpha < 1.0:
             raise ConfigError(f"adaptation.ema_alpha: {self.ema_alpha} must lie in [0, 1)")
+        if self.feature_distance_weight < 0:
+            raise ConfigError(f"adaptation.feature_distance_weight: {self.feature_distance_weight} must be >= 0")
+        if not 0.5 < self.feature_distance_min_share <= 1.0:
+            # Above one half, at most one class can reach the share, so a cell has one class.
+            raise ConfigError(
+                f"adaptation.feature_distance_min_share: {self.feature_distance_min_share} must lie in (0.5, 1]"
+            )
+        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"adaptation.{name}: {getattr(self, name)} must be >= 0")
+        if self.mic.enabled and self.method == "source_only":
+            raise ConfigError("adaptation.mic.enabled: MIC needs the teacher's target pseudo-labels, which "
+                              "method 'source_only' does not make")
 
     @property
     def uses_depth(self) -> bool:

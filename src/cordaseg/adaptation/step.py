@@ -30,7 +30,10 @@ from cordaseg.adaptation.augment import strong_augment
 from cordaseg.adaptation.classmix import classmix_mask, mix
 from cordaseg.adaptation.config import AdaptationConfig
 from cordaseg.adaptation.draws import StepDraws, draw_step_randomness
+from cordaseg.adaptation.feature_distance import feature_distance, forward_with_features
 from cordaseg.adaptation.losses import at_least_float32, berhu, cross_entropy, weighted_cross_entropy
+from cordaseg.adaptation.mic import draw_mic, masked_image_consistency
+from cordaseg.adaptation.pseudo_label_crop import crop_target_weight, target_pseudo_weight
 from cordaseg.adaptation.weights import confidence_fraction, confidence_weight, depth_weight, pixel_weight
 from cordaseg.errors import CordasegError, DataError
 
@@ -180,6 +183,22 @@ def source_loss(
     return total, terms
 
 
+def _source_pass(student: nn.Module, source_image: torch.Tensor, cfg: AdaptationConfig):
+    """The student's source output, with its backbone features when the feature distance needs them."""
+    if cfg.feature_distance_weight:
+        return forward_with_features(student, source_image)
+    return student(source_image), None
+
+
+def _feature_distance(student: nn.Module, reference: nn.Module | None, source_image: torch.Tensor,
+                      label: torch.Tensor, cfg: AdaptationConfig, features: torch.Tensor | None) -> torch.Tensor:
+    if reference is None:
+        raise CordasegError("adaptation.feature_distance_weight is set but the step got no feature_reference "
+                            "(the frozen initial network)")
+    return feature_distance(student, reference, source_image, label, cfg.feature_distance_classes,
+                            cfg.feature_distance_min_share, features)
+
+
 def _require(batch: dict, key: str) -> torch.Tensor:
     value = batch.get(key)
     if value is None:
@@ -198,6 +217,7 @@ def adaptation_step(
     with_visuals: bool = False,
     draws: StepDraws | None = None,
     teacher_stream: bool = True,
+    feature_reference: nn.Module | None = None,
 ) -> StepOutput:
     """One iteration of spec section 3 (steps 2-8): returns the loss (with gradient) and its parts.
 
@@ -207,6 +227,11 @@ def adaptation_step(
     (the reference runs the teacher in train mode too; this step does not change modes).
     ``draws`` replaces the generator's draws (for tests that replay them). ``teacher_stream``:
     on CUDA, overlap the teacher's forward with the student's work on a second stream.
+    ``feature_reference``: the frozen initial network of ``adaptation.feature_distance_weight``.
+    DAFormer's and MIC's options hook in below: the feature distance joins the source loss, the
+    pseudo-label row crop the pixel weight, and the masked-image loss the total
+    (:mod:`~cordaseg.adaptation.feature_distance`, :mod:`~cordaseg.adaptation.pseudo_label_crop`,
+    :mod:`~cordaseg.adaptation.mic`).
     """
     source_image = _require(batch, "source_image")
     source_label = _require(batch, "source_label").long()
@@ -217,10 +242,15 @@ def adaptation_step(
     visuals: dict[str, torch.Tensor] = {}
 
     if not cfg.uses_target:
-        pred_src = _upsampled(student(source_image), crop)
+        output, source_features = _source_pass(student, source_image, cfg)
+        pred_src = _upsampled(output, crop)
         label = sanitize_label(source_label, pred_src.semantic.shape[1], cfg.ignore_index)
         loss, src_terms = source_loss(pred_src, label, None, cfg)
         terms.update(src_terms)
+        if cfg.feature_distance_weight:
+            terms["feature_distance"] = _feature_distance(student, feature_reference, source_image, label, cfg,
+                                                          source_features)
+            loss = loss + cfg.feature_distance_weight * terms["feature_distance"]
         terms["source_loss"] = loss
         terms["loss"] = loss
         if with_visuals:
@@ -236,6 +266,7 @@ def adaptation_step(
     if draws is None:
         draws = draw_step_randomness(b, cfg.augmentation, generator, cfg.augment_decision)
     draws = draws.to(source_image.device)
+    mic_draws = draw_mic(b, *crop, cfg, generator).to(source_image.device) if cfg.mic.enabled else None
 
     # Step 3: pseudo-labels from the EMA teacher on the unaugmented target (not read before
     # join(): on CUDA the teacher runs alongside what follows).
@@ -252,21 +283,29 @@ def adaptation_step(
         mixed_depth = mix(mask, source_depth, target_depth) if cfg.uses_depth else None
 
     # Steps 2 and 5: student passes, separate (reference BN statistics) or merged (fast option).
+    source_features = None
     if cfg.merged_student_pass:
         merged = _upsampled(student(torch.cat([source_image, mixed_image])), crop)
         pred_src, pred_mix = _split(merged, b)
     else:
-        pred_src = _upsampled(student(source_image), crop)
+        output, source_features = _source_pass(student, source_image, cfg)
+        pred_src = _upsampled(output, crop)
         pred_mix = _upsampled(student(mixed_image), crop)
     if cfg.uses_depth and pred_mix.depth is None and pred_mix.depth_source is None:
         raise CordasegError(
             "adaptation.method 'corda' needs a model with depth outputs; use method 'dacs' for a "
             "DeepLabV2 model without depth"
         )
+    fd = None
+    if cfg.feature_distance_weight:
+        fd = _feature_distance(student, feature_reference, source_image, label, cfg, source_features)
 
     with torch.autocast(device_type=source_image.device.type, enabled=False):
         src_total, src_terms = source_loss(pred_src, label, source_depth, cfg)
         terms.update(src_terms)
+        if fd is not None:
+            terms["feature_distance"] = fd
+            src_total = src_total + cfg.feature_distance_weight * fd
 
         join()  # from here on the teacher's pseudo-labels are read
         mixed_label = mix(mask, label, target_label)  # (B, H, W) long
@@ -274,6 +313,9 @@ def adaptation_step(
         # Step 6: pixel weights (no gradient).
         fraction = confidence_fraction(target_confidence, cfg.confidence_threshold)
         conf_w = confidence_weight(mask, fraction)
+        top, bottom = cfg.pseudo_label_ignore_top, cfg.pseudo_label_ignore_bottom
+        if top or bottom:
+            conf_w = crop_target_weight(conf_w, mask, top, bottom)
         depth_w = None
         if (
             cfg.uses_depth
@@ -312,6 +354,14 @@ def adaptation_step(
         loss = src_total + tgt_total
     terms["source_loss"] = src_total
     terms["target_loss"] = tgt_total
+    if mic_draws is not None:
+        mic_total, mic_terms, mic_image = masked_image_consistency(
+            lambda image: _upsampled(student(image), crop), target_image, target_label,
+            target_pseudo_weight(fraction, target_label.shape, top, bottom), mic_draws, cfg,
+        )
+        terms.update(mic_terms)
+        terms["mic_loss"] = mic_total
+        loss = loss + cfg.mic.weight * mic_total
     terms["loss"] = loss
 
     if with_visuals:
@@ -326,6 +376,8 @@ def adaptation_step(
         }
         if depth_w is not None:
             visuals["depth_weight"] = depth_w
+        if mic_draws is not None:
+            visuals["mic_image"] = mic_image.detach()
         if mixed_depth is not None:
             visuals["mixed_depth"] = mixed_depth
     return StepOutput(loss=loss, terms={k: v.detach() for k, v in terms.items()}, visuals=visuals)

@@ -54,6 +54,34 @@ NATIVE_DEPTH = {"gta5": "disparity", "synthia": "synthia", "cityscapes": "stereo
 
 
 @dataclass
+class RareClassSamplingConfig:
+    """Rare-class sampling of a labelled training set (Hoyer et al., "DAFormer", CVPR 2022;
+    :mod:`cordaseg.data.rare_class`): draw a class c with P(c) = softmax((1 - f_c) / temperature),
+    f_c the class's share of the set's labelled pixels, then a frame uniformly among those with
+    more than ``min_pixels`` pixels of c."""
+
+    enabled: bool = False
+    """Sample source frames by class instead of one shuffled pass per epoch."""
+    temperature: float = 0.01
+    """T of the softmax; smaller favours rare classes more (DAFormer: 0.01)."""
+    min_pixels: int = 3000
+    """A frame is a candidate for class c when its full-resolution label has more than this many
+    pixels of c (DAFormer: 3000)."""
+    min_crop_ratio: float = 0.5
+    """Crop again (up to 10 times) until the crop holds more than min_pixels * min_crop_ratio
+    pixels of the sampled class; 0 = never (DAFormer: 0.5)."""
+    stats_file: str | None = None
+    """JSON cache of each frame's class pixel counts; None = ``cordaseg_class_stats.json`` in the
+    dataset root, or ``source_class_stats.json`` in the run folder when the root is not writable."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"rare_class_sampling.temperature: {self.temperature} must be > 0")
+        if self.min_pixels < 0 or self.min_crop_ratio < 0:
+            raise ConfigError("rare_class_sampling: min_pixels and min_crop_ratio must be >= 0")
+
+
+@dataclass
 class DatasetConfig:
     """One dataset tree and its preprocessing. Defaults are the reference recipe of the format."""
 
@@ -94,6 +122,8 @@ class DatasetConfig:
     """Evaluation: the image is resized to this (W, H); labels and depth stay at full resolution.
     "auto" = the format's size: Cityscapes 1024x512 (the paper), GTA5 and SYNTHIA 1280x720 (their
     training resize); None = the file's own size."""
+    rare_class_sampling: RareClassSamplingConfig = field(default_factory=RareClassSamplingConfig)
+    """Sample frames by class (DAFormer's rare-class sampling); only for a labelled training set."""
 
     def __post_init__(self) -> None:
         if self.depth in ("stereo", "mono") and self.format != "cityscapes":
@@ -285,7 +315,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Frames of one tree with the reference preprocessing; see the module docstring for items.
 
     Keys may be an index or an ``(epoch, index)`` pair (what :class:`EpochSampler` yields, so the
-    epoch reaches loader workers that hold their own copy of the dataset).
+    epoch reaches loader workers that hold their own copy of the dataset); further integers after
+    the index (``(epoch, index, draw, attempt)``, :mod:`cordaseg.data.rare_class`) join the seed.
     """
 
     def __init__(self, cfg: DatasetConfig, records: list[SampleRecord], *, train: bool, seed: int = 0):
@@ -304,12 +335,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         keep_freed_memory()  # once per process: the frame buffers below are reused, not page-faulted again
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        # Extra key parts (a draw and an attempt of rare-class sampling) give the crop its own seed.
+        epoch, index, *draw = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
         frame = read_frame(self.cfg, record)
         height, width = frame.image_bgr.shape[:2]
         if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index, *draw])
             image, label, depth = self._train_geometry(frame, rng)
         else:
             image, label, depth = self._eval_geometry(frame)

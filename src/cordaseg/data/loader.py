@@ -11,7 +11,7 @@ CUDA is present) and persistent workers, each worker limited to one decoding thr
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -108,17 +108,20 @@ def make_loader(
     start_index: int = 0,
     epoch: int = 0,
     pin_memory: bool | None = None,
+    sampler_factory: Callable[..., EpochSampler] | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` with an :class:`EpochSampler` (``loader.sampler``).
 
     Call ``loader.sampler.set_epoch(epoch)`` before each epoch; ``start_index`` (items of this
     rank) resumes part-way through ``epoch``. ``drop_last`` drops the last incomplete batch and
     the uneven tail across ranks. ``pin_memory`` defaults to whether CUDA is available.
+    ``sampler_factory`` builds the sampler instead of :class:`EpochSampler`, with its arguments
+    (e.g. :class:`cordaseg.data.rare_class.RareClassSampler` with its class table bound).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                           drop_last=drop_last)
+    sampler = (sampler_factory or EpochSampler)(len(dataset), shuffle=shuffle, seed=seed, rank=rank,
+                                                world_size=world_size, drop_last=drop_last)
     sampler.set_epoch(epoch, start_index)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

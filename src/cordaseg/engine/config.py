@@ -31,8 +31,12 @@ from cordaseg.models.corda import ModelConfig
 
 @dataclass
 class OptimConfig:
-    """SGD with the poly schedule (spec section 3.1)."""
+    """SGD with the poly schedule (spec section 3.1), or DAFormer's AdamW with a linear warm-up
+    (:mod:`cordaseg.engine.adamw`, :mod:`cordaseg.engine.lr_schedule`)."""
 
+    name: Literal["sgd", "adamw"] = "sgd"
+    """'sgd' (CorDA, DACS) or 'adamw' (DAFormer, MIC: lr 6e-5, betas (0.9, 0.999), weight_decay
+    0.01, heads at head_lr_mult = 10 times the lr)."""
     iterations: int = 250_000
     """Total training iterations; the poly schedule reaches 0 here."""
     lr: float = 2.5e-4
@@ -42,9 +46,21 @@ class OptimConfig:
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4
-    """SGD weight decay (L2, on every trainable parameter)."""
+    """SGD: L2 weight decay on every trainable parameter; AdamW: decoupled weight decay (DAFormer: 0.01)."""
     poly_power: float = 0.9
-    """Exponent of the poly schedule lr_i = lr * (1 - i / iterations) ** poly_power."""
+    """Exponent of the poly schedule lr_i = lr * (1 - i / iterations) ** poly_power (DAFormer: 1.0)."""
+    warmup_iterations: int = 0
+    """Linear warm-up over the first this many iterations, on top of the poly schedule (DAFormer:
+    1500): lr_i = poly_i * (1 - (1 - i / warmup_iterations) * (1 - warmup_ratio)). 0 = none."""
+    warmup_ratio: float = 1e-6
+    """Fraction of the poly learning rate at iteration 0 of the warm-up (DAFormer: 1e-6)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW only: the moment coefficients (DAFormer: 0.9, 0.999)."""
+    eps: float = 1e-8
+    """AdamW only: the denominator's epsilon (PyTorch's and mmcv's default)."""
+    no_decay_norms: bool = False
+    """AdamW only: no weight decay on the encoder's layer norms (DAFormer: true, its mmcv
+    ``decay_mult=0`` for parameters named "norm"; the decoder keeps its decay)."""
     batch_size: int = 2
     """Source images per iteration and per process (as many target images); the paper uses 2 on 1 GPU."""
     lr_scaling: Literal["none", "linear"] = "none"
@@ -56,10 +72,11 @@ class OptimConfig:
     (a few multi-tensor kernels), 'for_loop' (one update per tensor); 'auto' = fused on CUDA,
     PyTorch's default elsewhere."""
     param_multiplicity: Literal["reference", "once"] = "reference"
-    """'reference': each backbone tensor is updated as many times per step as the reference's
-    parameter list names it (stem conv 1x, residual-block convs 3x, projection convs 4x; about 3x
-    the nominal backbone step and weight decay), as the published models were trained; 'once':
-    every tensor updated once (plain SGD, the paper's text). See docs/reference-behaviour.md."""
+    """SGD only (AdamW updates every tensor once). 'reference': each backbone tensor is updated as
+    many times per step as the reference's parameter list names it (stem conv 1x, residual-block
+    convs 3x, projection convs 4x; about 3x the nominal backbone step and weight decay), as the
+    published models were trained; 'once': every tensor updated once (plain SGD, the paper's
+    text). See docs/reference-behaviour.md."""
     divergence_loss: float = 1.0e4
     """The run stops as diverged when the training loss exceeds this (or is NaN / infinite), without
     checkpointing the diverged weights; the reference's losses stay below ~10."""
@@ -79,6 +96,14 @@ class OptimConfig:
             raise ConfigError(f"optim.weight_decay: {self.weight_decay} must be >= 0")
         if not self.divergence_loss > 0:
             raise ConfigError(f"optim.divergence_loss: {self.divergence_loss} must be > 0")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"optim.warmup_iterations: {self.warmup_iterations} must be >= 0")
+        if not 0.0 < self.warmup_ratio <= 1.0:
+            raise ConfigError(f"optim.warmup_ratio: {self.warmup_ratio} must lie in (0, 1]")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"optim.betas: {list(self.betas)} must each lie in [0, 1)")
+        if not self.eps > 0:
+            raise ConfigError(f"optim.eps: {self.eps} must be > 0")
 
 
 @dataclass
@@ -297,6 +322,12 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.adaptation.uses_target and cfg.target is None:
         raise ConfigError(f"target: adaptation.method '{method}' needs a target dataset section")
+    for key in ("target", "val"):
+        section = getattr(cfg, key)
+        if section is not None and section.rare_class_sampling.enabled:
+            raise ConfigError(f"{key}.rare_class_sampling.enabled: only the labelled source set is sampled by class")
+    if cfg.source.rare_class_sampling.enabled and not cfg.source.use_labels:
+        raise ConfigError("source.rare_class_sampling.enabled: needs source.use_labels (the class statistics)")
     _check_dataset("source", cfg.source, train=True)
     if cfg.adaptation.uses_target:
         _check_dataset("target", cfg.target, train=True)

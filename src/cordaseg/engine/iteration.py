@@ -24,9 +24,10 @@ from torch import nn
 
 from cordaseg.adaptation import adaptation_step
 from cordaseg.adaptation.ema import ema_update
-from cordaseg.adaptation.schedules import poly_lr
 from cordaseg.adaptation.step import StepOutput
+from cordaseg.engine.adamw import build_adamw
 from cordaseg.engine.config import TrainConfig
+from cordaseg.engine.lr_schedule import scheduled_lr
 from cordaseg.engine.optim import MultiplicitySGD
 from cordaseg.models.corda import param_groups
 
@@ -46,10 +47,12 @@ class IterationState:
     """The run's configuration (optim schedule, adaptation step, precision)."""
     base_lr: float
     """Learning rate of the backbone group at iteration 0 (after ``optim.lr_scaling``)."""
+    feature_reference: nn.Module | None = None
+    """Frozen copy of the initial network for the feature distance (None when it is off)."""
 
 
 def make_state(model: nn.Module, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-               base_lr: float) -> IterationState:
+               base_lr: float, feature_reference: nn.Module | None = None) -> IterationState:
     """The iteration state; with ``run.compile`` the networks are called through ``torch.compile``.
 
     The compiled wrappers share their parameters and buffers with ``model`` and ``teacher``, so
@@ -58,7 +61,7 @@ def make_state(model: nn.Module, teacher: nn.Module | None, optimizer: torch.opt
     if cfg.run.compile:
         model = torch.compile(model)
         teacher = torch.compile(teacher) if teacher is not None else None
-    return IterationState(model, teacher, optimizer, cfg, base_lr)
+    return IterationState(model, teacher, optimizer, cfg, base_lr, feature_reference)
 
 
 @dataclass
@@ -72,7 +75,7 @@ class IterationOutput:
 
 
 def sgd_flags(implementation: str, device: torch.device) -> dict[str, bool | None]:
-    """``fused`` / ``foreach`` arguments of :class:`torch.optim.SGD` for ``optim.implementation``."""
+    """``fused`` / ``foreach`` arguments of :class:`torch.optim.SGD` (and AdamW) for ``optim.implementation``."""
     if implementation == "auto":
         implementation = "fused" if device.type == "cuda" else "default"
     return {
@@ -81,9 +84,15 @@ def sgd_flags(implementation: str, device: torch.device) -> dict[str, bool | Non
     }
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float, device: torch.device) -> MultiplicitySGD:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float,
+                    device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay over the 1x backbone / ``head_lr_mult`` x head groups,
-    with the reference's parameter multiplicity unless ``optim.param_multiplicity`` is ``once``."""
+    with the reference's parameter multiplicity unless ``optim.param_multiplicity`` is ``once``;
+    or, with ``optim.name: adamw``, DAFormer's AdamW (:mod:`cordaseg.engine.adamw`)."""
+    optim = cfg.optim
+    if optim.name == "adamw":
+        return build_adamw(model, base_lr, optim.head_lr_mult, optim.weight_decay, optim.betas, optim.eps,
+                           optim.no_decay_norms, sgd_flags(optim.implementation, device))
     return MultiplicitySGD(
         param_groups(model, base_lr, cfg.optim.head_lr_mult, cfg.optim.param_multiplicity),
         lr=base_lr,
@@ -142,13 +151,14 @@ def train_iteration(
     draw of the step. ``step`` is the adaptation step (replaceable in tests).
     """
     cfg = state.cfg
-    lr = poly_lr(state.base_lr, iteration, cfg.optim.iterations, cfg.optim.poly_power)
+    lr = scheduled_lr(state.base_lr, iteration, cfg.optim)
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]
     device = batch["source_image"].device
+    extra = {} if state.feature_reference is None else {"feature_reference": state.feature_reference}
     with autocast(cfg, device):
         out = step(state.model, state.teacher, batch, cfg.adaptation, iteration, generator,
-                   with_visuals=with_visuals, teacher_stream=cfg.run.teacher_stream)
+                   with_visuals=with_visuals, teacher_stream=cfg.run.teacher_stream, **extra)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     state.optimizer.step()

@@ -42,10 +42,12 @@ from torch import nn
 from torch.utils.data import Subset
 
 from cordaseg.adaptation import adaptation_step
+from cordaseg.adaptation.feature_distance import frozen_reference
 from cordaseg.config import to_dict
 from cordaseg.data.check import quick_check
 from cordaseg.data.datasets import build_dataset
 from cordaseg.data.loader import make_loader
+from cordaseg.data.rare_class import rare_class_source
 from cordaseg.engine import checkpoint as ckpt
 from cordaseg.engine import run_folder
 from cordaseg.engine.config import TrainConfig, validate
@@ -173,9 +175,10 @@ class BatchStream:
     """
 
     def __init__(self, dataset, batch_size: int, workers: int, seed: int, ctx: distributed.DistributedContext,
-                 epoch: int = 0, batch: int = 0, what: str = "dataset") -> None:
+                 epoch: int = 0, batch: int = 0, what: str = "dataset", sampler_factory=None) -> None:
         self.loader = make_loader(dataset, batch_size, workers=workers, seed=seed, rank=ctx.rank,
-                                  world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda")
+                                  world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda",
+                                  sampler_factory=sampler_factory)
         self.batch_size = batch_size
         if self.loader.sampler.per_rank() < batch_size:
             raise DataError(f"{what}: {len(dataset)} frames are too few for batch size {batch_size} on "
@@ -226,7 +229,8 @@ class _Run:
         student = build_model(cfg.model)
         if plan.init_state is not None:
             self._initialise(student, plan.init_state)
-        elif plan.resume is None:
+        elif plan.resume is None and getattr(cfg.model, "pretrained", None) is None:
+            # (a transformer encoder with model.pretrained got its weights in build_model)
             warnings.warn("checkpoint.init is not set: training from randomly initialised weights "
                           "(the paper starts from a COCO-pretrained DeepLabV2)", stacklevel=2)
         if cfg.run.sync_batchnorm and ctx.enabled:
@@ -243,23 +247,33 @@ class _Run:
         if cfg.adaptation.uses_target:
             self.teacher = copy.deepcopy(student).requires_grad_(False)
             self.teacher.train()  # the reference's teacher normalises with batch statistics
+            # ... but predicts without dropout and drop path, as DAFormer's and MIC's teachers do
+            # (the transformer models have both; the ResNet model has neither).
+            self.teacher.set_stochastic(False)
         self.student = student
         self.base_lr = effective_lr(cfg, ctx.world_size)
         self.optimizer = build_optimizer(student, cfg, self.base_lr, device)
+        self.feature_reference = self._feature_reference(student) if cfg.adaptation.feature_distance_weight else None
         self.iteration = 0
         self.best_miou: float | None = None
         data_state: dict[str, dict[str, int]] = {"source": {}, "target": {}}
         if plan.resume is not None:
             data_state = self._restore(plan.resume)
         self.model = distributed.wrap_student(student, ctx)
-        self.state = make_state(self.model, self.teacher, self.optimizer, cfg, self.base_lr)
+        self.state = make_state(self.model, self.teacher, self.optimizer, cfg, self.base_lr,
+                                feature_reference=self.feature_reference)
 
         self.source = build_dataset(cfg.source, train=True, seed=cfg.run.seed)
+        source_sampler = None
+        if cfg.source.rare_class_sampling.enabled:
+            self.source, source_sampler = rare_class_source(
+                self.source, self.run_dir, is_main=ctx.is_main, barrier=lambda: distributed.barrier(ctx),
+                workers=max(1, cfg.run.num_workers), progress=ctx.is_main and cfg.logging.progress)
         self.target = build_dataset(cfg.target, train=True, seed=cfg.run.seed + 1) if self.teacher else None
         self.val = build_dataset(cfg.val, train=False, seed=cfg.run.seed) if cfg.val and cfg.eval.every else None
         bs, workers = cfg.optim.batch_size, cfg.run.num_workers
         self.source_stream = BatchStream(self.source, bs, workers, derive_seed(cfg.run.seed, _SOURCE_STREAM), ctx,
-                                         **data_state["source"], what="source")
+                                         **data_state["source"], what="source", sampler_factory=source_sampler)
         self.target_stream = None
         if self.target is not None:
             self.target_stream = BatchStream(self.target, bs, workers, derive_seed(cfg.run.seed, _TARGET_STREAM),
@@ -305,6 +319,21 @@ class _Run:
         print(f"train: run {start.run_id} in {self.run_dir}, {how}", flush=True)
         board = f"; TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}" if self.cfg.logging.tensorboard else ""
         print(f"train: config.yaml, metrics.jsonl and checkpoints go to {self.run_dir}{board}", flush=True)
+
+    def _feature_reference(self, student: nn.Module) -> nn.Module:
+        """The frozen network as training started, for the feature distance: a copy of the freshly
+        initialised student, or, when resuming, the same network built and initialised again."""
+        if self.plan.resume is None:
+            return frozen_reference(student)
+        cfg = self.cfg
+        torch.manual_seed(cfg.run.seed)  # the RNG state is restored from the checkpoint afterwards
+        initial = build_model(cfg.model)
+        if cfg.checkpoint.init is not None:
+            self._initialise(initial, read_file(cfg.checkpoint.init, trust_pickle=cfg.checkpoint.trust_pickle,
+                                                trust_hint="set checkpoint.trust_pickle=true"))
+        if cfg.run.channels_last:
+            initial.to(memory_format=torch.channels_last)
+        return frozen_reference(initial.to(self.ctx.device))
 
     def _initialise(self, student: nn.Module, init_state: dict[str, Any]) -> None:
         if is_project_checkpoint(init_state):

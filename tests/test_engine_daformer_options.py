@@ -1,7 +1,8 @@
 """DAFormer's and MIC's options through ``train`` on generated trees with the tiny CorDA model:
 AdamW with warm-up, rare-class sampling, feature distance, pseudo-label row crop and MIC together,
 and a run interrupted part-way that resumes bit for bit (AdamW state, class-sampled source order,
-the frozen reference rebuilt, MIC masks)."""
+the frozen reference rebuilt, MIC masks). The feature distance takes the source pass's own
+features (``predict_and_encode``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from cordaseg.engine.config import load_train_config
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.lr_schedule import scheduled_lr
 from cordaseg.engine.trainer import TrainingInterrupted, train
-from cordaseg.models.corda import CordaNet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
@@ -44,13 +44,6 @@ def trees(tmp_path_factory) -> dict[str, Path]:
                                         depth="stereo")}
 
 
-@pytest.fixture
-def encode(monkeypatch):
-    """The network's ``encode`` (the backbone's last feature map) where the model does not define it yet."""
-    if not hasattr(CordaNet, "encode"):
-        monkeypatch.setattr(CordaNet, "encode", lambda self, x: self.backbone(x), raising=False)
-
-
 def config(trees, out_dir: Path):
     return load_train_config(TINY, [f"source.root={trees['gta5']}", f"target.root={trees['cityscapes']}",
                                     f"val.root={trees['cityscapes']}", f"run.out_dir={out_dir}", *OPTIONS])
@@ -59,7 +52,7 @@ def config(trees, out_dir: Path):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:checkpoint.init is not set")
 @pytest.mark.filterwarnings("ignore:rare-class sampling")
-def test_daformer_and_mic_options_train_and_resume_bit_for_bit(trees, tmp_path, monkeypatch, encode):
+def test_daformer_and_mic_options_train_and_resume_bit_for_bit(trees, tmp_path, monkeypatch):
     straight = train(config(trees, tmp_path / "straight"))
     assert (trees["gta5"] / STATS_FILE).is_file()  # the class statistics, cached in the dataset root
     records = read_metrics(tmp_path / "straight", "train")

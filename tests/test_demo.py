@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from cordaseg.cli import main
+from cordaseg.cli.demo import command_overrides
 from cordaseg.config import ConfigError
-from cordaseg.demo.cli import command_overrides
 from cordaseg.demo.pipeline import (
     METHODS,
     DemoConfig,

@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 from cordaseg.cli import main
+from cordaseg.cli.evaluate import build_eval_dataset
 from cordaseg.data.datasets import DatasetConfig, build_dataset, read_label_train_ids
 from cordaseg.data.labels import NUM_CLASSES, PROTOCOLS
 from cordaseg.data.synth import generate_tree
-from cordaseg.evaluation.cli import build_eval_dataset
 from cordaseg.models.checkpoint import model_payload
 from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
 from cordaseg.runtime.files import atomic_save
@@ -171,7 +171,7 @@ def test_evaluate_cli_scores_a_perfect_model_100_on_a_source_tree(setup, source_
     tree, out = source_trees[fmt], root / f"oracle_{fmt}"
     oracle = _OracleByImage(build_dataset(DatasetConfig(format=fmt, root=str(tree), depth="none", eval_size=None),
                                           train=False))
-    monkeypatch.setattr("cordaseg.models.checkpoint.load_model",
+    monkeypatch.setattr("cordaseg.cli.evaluate.load_model",
                         lambda *args, **kwargs: (oracle, ModelConfig()))
     status = main(["evaluate", "--checkpoint", "oracle.pt", "--data-root", str(tree), "--format", fmt,
                    "--depth", "none", "--input-size", "64x32", "--num-workers", "0", "--no-progress",

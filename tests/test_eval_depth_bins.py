@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cordaseg.cli.evaluate import _depth_bins
 from cordaseg.data.labels import IGNORE_INDEX
-from cordaseg.evaluation.cli import _depth_bins
 from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation, write_csv, write_json
 from cordaseg.evaluation.metrics import DepthBinnedConfusion, metres_from_depth_value
 from cordaseg.models.corda import CordaOutput

@@ -148,11 +148,10 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the fault was found")
 
-    import cordaseg.evaluation.evaluate as evaluate_module
-    import cordaseg.evaluation.predict as predict_module
+    import cordaseg.cli.evaluate as evaluate_command  # the names the commands call
 
-    monkeypatch.setattr(evaluate_module, "evaluate_segmentation", refuse)
-    monkeypatch.setattr(predict_module, "predict_files", refuse)
+    monkeypatch.setattr(evaluate_command, "evaluate_segmentation", refuse)
+    monkeypatch.setattr(evaluate_command, "predict_files", refuse)
     monkeypatch.setattr(model_checkpoint, "build_model", refuse)
     monkeypatch.setattr(trainer_module, "build_model", refuse)
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from cordaseg.errors import CordasegError
+from cordaseg.models.checkpoint import convert_file
 from cordaseg.models.convert import REFERENCE_VARIANTS
 from cordaseg.runtime.outputs import check_file
 
@@ -35,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from cordaseg.models.checkpoint import convert_file
-
     src, out = Path(args.src), Path(args.out)
     if out.exists() and src.exists() and os.path.samefile(src, out):
         raise CordasegError(f"--out {out}: is the input checkpoint itself; converting in place would replace "

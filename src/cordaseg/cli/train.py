@@ -1,4 +1,4 @@
-"""``cordaseg train --config FILE [key=value ...] [--resume [CHECKPOINT]]`` (issue 4, part 3).
+"""``cordaseg train --config FILE [key=value ...] [--resume [CHECKPOINT]]``.
 
 Works the same in a single process and under ``torchrun`` (one process per GPU); see
 :mod:`cordaseg.engine.config` for how the effective batch and learning rate scale.
@@ -10,7 +10,9 @@ import argparse
 import shlex
 import sys
 
+from cordaseg.cli.arguments import is_override
 from cordaseg.engine.config import load_train_config
+from cordaseg.engine.trainer import TrainingInterrupted, train
 
 
 class _Overrides(argparse.Action):
@@ -25,8 +27,6 @@ class _ResumeAction(argparse.Action):
     """``--resume [CHECKPOINT]``: a ``key=value`` token after it is an override, never a path."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from cordaseg.cli import is_override
-
         if value is not None and is_override(value):
             namespace.overrides = [*(getattr(namespace, "overrides", None) or []), value]
             value = None
@@ -39,8 +39,6 @@ def resume_command(args: argparse.Namespace, checkpoint) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cordaseg.engine.trainer import TrainingInterrupted, train  # heavy imports only when the command runs
-
     cfg = load_train_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume  # None: auto-resume if configured
     try:

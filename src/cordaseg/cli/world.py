@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cordaseg.cli_types import size_wxh
+from cordaseg.cli.arguments import size_wxh
+from cordaseg.data.world.export import generate_world, preview
 from cordaseg.errors import CordasegError
 
 # Beyond this, extrapolated scene parameters leave their valid ranges (negative counts and spans).
@@ -48,8 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from cordaseg.data.world.export import generate_world, preview
-
     if args.workers is not None and args.workers < 0:
         raise CordasegError(f"--workers must be >= 0, got {args.workers}")
     source, target = generate_world(

@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from cordaseg.cli_types import positive_int, size_wxh
+from cordaseg.cli.arguments import positive_int, size_wxh
+from cordaseg.config import load
+from cordaseg.depth.data import check_depth_tree
+from cordaseg.depth.evaluate import compare_depth_trees
+from cordaseg.depth.export import export_depth, export_pretrained_depth
+from cordaseg.depth.trainer import DepthTrainConfig, train_depth
 from cordaseg.errors import CordasegError
 
 FORMAT_CHOICES = ("cityscapes-mono", "gta-disparity", "stereo-mat", "synthia-depth")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cordaseg.config import load
-    from cordaseg.depth.trainer import DepthTrainConfig, train_depth
-
     cfg = load(DepthTrainConfig, args.config, args.overrides)
     checkpoint = train_depth(cfg, progress=not args.quiet)
     print(f"wrote {checkpoint}")
@@ -31,8 +33,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cordaseg.depth.export import export_depth, export_pretrained_depth
-
     if args.checkpoint is not None:
         for option, value in (("--output", args.output), ("--shift", args.shift)):
             if value is not None:
@@ -59,8 +59,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     if args.reference is not None:
-        from cordaseg.depth.evaluate import compare_depth_trees
-
         if args.format is None:
             raise CordasegError("--reference needs --format (the encoding of the depth files under --root)")
         comparison = compare_depth_trees(args.root, args.reference, args.format, args.reference_format,
@@ -70,7 +68,6 @@ def _check(args: argparse.Namespace) -> int:
         for line in comparison.lines():
             print(f"  {line}")
         return 0
-    from cordaseg.depth.data import check_depth_tree
 
     if args.layout is None:
         raise CordasegError("--layout is required (or --reference to compare depth trees)")

@@ -1,8 +1,17 @@
-"""Argument types shared by the subcommands: sizes written ``WxH`` and positive counts."""
+"""Argument types shared by the subcommands: sizes written ``WxH``, positive counts and
+``key=value`` config overrides."""
 
 from __future__ import annotations
 
 import argparse
+import re
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
+
+
+def is_override(token: str) -> bool:
+    """True for a ``key=value`` config override (never a path, never an option)."""
+    return bool(_OVERRIDE.match(token))
 
 
 def size_wxh(text: str) -> tuple[int, int]:

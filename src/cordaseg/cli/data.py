@@ -11,21 +11,20 @@ import argparse
 import os
 import sys
 
-from cordaseg.cli_types import positive_int, size_wxh
+import cv2
+
+from cordaseg.cli.arguments import positive_int, size_wxh
 from cordaseg.config import ConfigError
-from cordaseg.data.synth import FORMATS, REAL_SIZES
+from cordaseg.data.check import check_config_for_split, check_tree
+from cordaseg.data.datasets import DatasetConfig
+from cordaseg.data.synth import FORMATS, REAL_SIZES, generate_tree
+from cordaseg.depth.data import check_depth_tree
 from cordaseg.runtime.outputs import check_empty_or_new_folder
 
 DEPTH_LAYOUTS = ("cityscapes-stereo", "video")
 
 
-
-
-
-
 def _synth(args: argparse.Namespace) -> int:
-    from cordaseg.data.synth import generate_tree
-
     check_empty_or_new_folder(args.out, "--out", overwrite=args.overwrite)
     depth = args.depth or "both"
     out = generate_tree(args.format, args.out, args.num, size=args.size, seed=args.seed, depth=depth,
@@ -37,17 +36,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import cv2
-
-    from cordaseg.data.check import check_config_for_split, check_tree
-    from cordaseg.data.datasets import DatasetConfig
-
     # Broken files are reported one line each below; OpenCV's own log lines would only add noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
     if args.format in DEPTH_LAYOUTS:  # training trees of self-supervised depth (cordaseg depth)
-        from cordaseg.depth.data import check_depth_tree
-
         split = "train" if args.split == "all" else args.split
         offsets = tuple(int(v) for v in args.frame_offsets.split(","))
         report = check_depth_tree(args.format, args.root, split=split, frame_offsets=offsets)

@@ -9,12 +9,25 @@ confusion matrix is summed with one all-reduce; rank 0 prints and writes.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cordaseg.cli_types import size_wxh
+from torch.utils.data import Subset
+
+from cordaseg.cli.arguments import size_wxh
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
+from cordaseg.data.check import check_labels
+from cordaseg.data.datasets import DatasetConfig, build_dataset, find_samples
 from cordaseg.errors import CordasegError
+from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
+from cordaseg.evaluation.inference import InferenceConfig
+from cordaseg.evaluation.metrics import check_depth_bins
+from cordaseg.evaluation.predict import PredictConfig, predict_files
+from cordaseg.evaluation.report import write_report
+from cordaseg.models.checkpoint import load_model
+from cordaseg.runtime import distributed
+from cordaseg.runtime.device import resolve_device
 from cordaseg.runtime.outputs import check_folder
 
 
@@ -30,8 +43,6 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def _depth_bins(text: str) -> tuple[float, ...] | None:
-    from cordaseg.evaluation.metrics import check_depth_bins
-
     if text.lower() == "none":
         return None
     try:
@@ -63,8 +74,6 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def _inference_config(args: argparse.Namespace):
-    from cordaseg.evaluation.inference import InferenceConfig
-
     return InferenceConfig(precision=args.precision, scales=args.scales, flip=args.flip,
                            sliding_window=args.sliding_window, window=args.window, stride=args.stride)
 
@@ -167,10 +176,6 @@ def _dataset_section(args: argparse.Namespace) -> dict[str, Any]:
 def _auto_depth(cfg):
     """With --depth auto: the first depth kind whose files every frame has (Cityscapes stereo, then
     mono; GTA5 / SYNTHIA their native files), else none."""
-    from dataclasses import replace
-
-    from cordaseg.data.datasets import find_samples
-
     for kind in ("stereo", "mono") if cfg.format == "cityscapes" else ("native",):
         candidate = replace(cfg, depth=kind)
         records = find_samples(candidate)
@@ -181,8 +186,6 @@ def _auto_depth(cfg):
 
 def build_eval_dataset(args: argparse.Namespace):
     """The validation dataset the arguments describe (items with the image resized for inference)."""
-    from cordaseg.data.datasets import DatasetConfig, build_dataset
-
     data = apply_overrides(_dataset_section(args), args.overrides)
     if args.input_size is not None:
         data["eval_size"] = list(args.input_size)
@@ -191,8 +194,6 @@ def build_eval_dataset(args: argparse.Namespace):
         cfg = _auto_depth(cfg)
     dataset = build_dataset(cfg, train=False)
     if args.max_images:
-        from torch.utils.data import Subset
-
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     return dataset
 
@@ -200,10 +201,6 @@ def build_eval_dataset(args: argparse.Namespace):
 def check_evaluation_labels(dataset) -> None:
     """Refuse labels that would score wrongly (a size that does not pair with the image, values
     outside the label IDs, a train-ID file under the label-ID name), before any model is loaded."""
-    from torch.utils.data import Subset
-
-    from cordaseg.data.check import check_labels
-
     if isinstance(dataset, Subset):
         base, records = dataset.dataset, [dataset.dataset.records[i] for i in dataset.indices]
     else:
@@ -212,11 +209,6 @@ def check_evaluation_labels(dataset) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
-    from cordaseg.evaluation.report import write_report
-    from cordaseg.models.checkpoint import load_model
-    from cordaseg.runtime import distributed
-
     if args.batch_size < 1 or args.num_workers < 0 or args.max_images < 0 or args.samples < 0:
         raise CordasegError("--batch-size must be >= 1; --num-workers, --max-images and --samples >= 0")
     inference = _inference_config(args)
@@ -253,10 +245,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cordaseg.evaluation.predict import PredictConfig, predict_files
-    from cordaseg.models.checkpoint import load_model
-    from cordaseg.runtime.device import resolve_device
-
     config = PredictConfig(
         input_size=args.input_size, inference=_inference_config(args), write_color=not args.no_color,
         write_depth=not args.no_depth, write_overlay=not args.no_overlay, write_label_ids=args.label_ids,

@@ -1,7 +1,7 @@
 """The ``cordaseg`` command line: thin subcommands that parse arguments and call the library.
 
-Each feature package owns its subcommands in a ``cli`` module with a ``register(subparsers)``
-function; this file only collects them, and owns the one error path of every command: an error
+Each subcommand lives in a module of this package with a ``register(subparsers)`` function;
+this file collects them, and owns the one error path of every command: an error
 about the user's input (:class:`CordasegError`) or an expected file-system failure (a missing or
 read-only path, a full disk, ...) is printed as one line ``cordaseg: error: <file or key>: <cause>``
 with exit status 2; the traceback only with ``--debug``. Warnings of the package print as one
@@ -14,32 +14,23 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
-import re
 import sys
 import warnings
 from pathlib import Path
 
+from cordaseg.cli import convert, data, demo, depth, evaluate, train, world
+from cordaseg.cli.arguments import is_override
 from cordaseg.errors import CordasegError, one_line
 
-# Modules whose ``register(subparsers)`` adds subcommands, in the order of ``cordaseg --help``.
-COMMAND_MODULES = (
-    "cordaseg.models.cli",
-    "cordaseg.engine.cli",
-    "cordaseg.evaluation.cli",
-    "cordaseg.data.world.cli",
-    "cordaseg.depth.cli",
-    "cordaseg.data.cli",
-    "cordaseg.demo.cli",
-)
+# The modules whose ``register(subparsers)`` adds subcommands, in the order of ``cordaseg --help``.
+COMMANDS = (convert, train, evaluate, world, depth, data, demo)
 
 # File-system failures that are about the user's paths or machine, not bugs: one line, no traceback.
 EXPECTED_ERRNOS = frozenset({
     errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
     errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
 })
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,14 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
-
-
-def is_override(token: str) -> bool:
-    """True for a ``key=value`` config override (never a path, never an option)."""
-    return bool(_OVERRIDE.match(token))
 
 
 def _plain_warnings(show_other):
@@ -127,6 +113,3 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     return int(status or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cordaseg.demo.pipeline import load_demo_config, run_demo
 from cordaseg.errors import CordasegError
 
 
@@ -47,8 +48,6 @@ def command_overrides(overrides: list[str], minutes: float | None, seed: int | N
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from cordaseg.demo.pipeline import load_demo_config, run_demo
-
     cfg = load_demo_config(args.config, command_overrides(args.overrides, args.minutes, args.seed))
     result = run_demo(cfg, args.out, quiet=args.quiet)
     if args.quiet:

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from cordaseg.config import from_dict, load
-from cordaseg.data.world import generate_world, render_frame, stereo_depth, target_domain
 from cordaseg.depth.evaluate import DepthErrors, depth_errors, evaluate_on_frames
 from cordaseg.depth.export import export_depth, link_tree
 from cordaseg.depth.trainer import DepthTrainConfig, load_depth_checkpoint, train_depth
 from cordaseg.depth.world_video import write_world_video
+from cordaseg.world import generate_world, render_frame, stereo_depth, target_domain
 
 EVAL_STREAM = 7  # seed stream of the evaluation frames, distinct from the world's own streams
 

@@ -53,7 +53,6 @@ from typing import Any
 
 from cordaseg.config import to_dict
 from cordaseg.data.labels import CLASS_NAMES
-from cordaseg.data.world.export import export_exact_depth, generate_world_from_config
 from cordaseg.demo.pipeline import (
     METHOD_TITLES,
     METHODS,
@@ -71,6 +70,7 @@ from cordaseg.demo.pipeline import (
 )
 from cordaseg.demo.report import METHOD_RGB, IntervalRow, interval_chart
 from cordaseg.demo.stats import Interval, differences, gap_closed, paired_difference, t_interval
+from cordaseg.world.export import export_exact_depth, generate_world_from_config
 
 PRESETS = ("main", "ablation")
 DEPTH_TITLES = {"stereo": "stereo-matcher depth", "self_supervised": "self-supervised depth",

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, CLASS_NAMES, NUM_CLASSES
-from cordaseg.data.world import SOURCE, cast_rays, generate_world, sample_scene, target_domain
-from cordaseg.data.world.domains import sample_camera
+from cordaseg.world import SOURCE, cast_rays, generate_world, sample_scene, target_domain
+from cordaseg.world.domains import sample_camera
 
 
 def class_shares(domain, size, scenes: int) -> np.ndarray:

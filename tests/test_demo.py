@@ -204,8 +204,8 @@ def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
 @pytest.mark.slow
 def test_self_supervised_target_depth_makes_a_readable_tree(tmp_path):
     from cordaseg.data.datasets import DatasetConfig, build_dataset
-    from cordaseg.data.world import generate_world
     from cordaseg.demo.pipeline import self_supervised_target_depth
+    from cordaseg.world import generate_world
 
     _, target = generate_world(tmp_path / "world", 0, 3, 1, size=(128, 64), workers=0, progress=False)
     cfg = load_demo_config(None, ["world.size=[128,64]", "crop=[64,64]"])

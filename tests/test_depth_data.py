@@ -10,7 +10,6 @@ import torch
 
 from cordaseg.config import ConfigError
 from cordaseg.data import formats
-from cordaseg.data.world import generate_world
 from cordaseg.depth.data import (
     Camera,
     DepthDataConfig,
@@ -20,6 +19,7 @@ from cordaseg.depth.data import (
     read_intrinsics_json,
 )
 from cordaseg.errors import DataError
+from cordaseg.world import generate_world
 
 
 @pytest.fixture(scope="module")

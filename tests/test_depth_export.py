@@ -9,7 +9,6 @@ import torch
 from cordaseg.config import from_dict
 from cordaseg.data import formats
 from cordaseg.data.datasets import DatasetConfig, find_samples, read_depth
-from cordaseg.data.world import generate_world
 from cordaseg.depth.export import (
     EXPORT_FORMATS,
     encode_depth,
@@ -21,6 +20,7 @@ from cordaseg.depth.export import (
 from cordaseg.depth.trainer import DepthTrainConfig, build_networks, depth_payload, load_depth_checkpoint
 from cordaseg.errors import CheckpointError, CordasegError
 from cordaseg.runtime.files import atomic_save
+from cordaseg.world import generate_world
 
 # The loader's depth kind for each export format.
 LOADER_KIND = {"cityscapes-mono": "mono", "gta-disparity": "disparity", "stereo-mat": "stereo",

@@ -13,9 +13,9 @@ from cordaseg.cli import main
 from cordaseg.config import ConfigError, from_dict, load
 from cordaseg.data import formats
 from cordaseg.data.datasets import read_depth
-from cordaseg.data.world import generate_world
 from cordaseg.depth.network import DepthModelConfig, DepthNetwork, PoseNetwork, depth_to_disparity
 from cordaseg.depth.trainer import DepthLossConfig, DepthTrainConfig, depth_step, load_depth_checkpoint
+from cordaseg.world import generate_world
 
 TINY = DepthModelConfig(encoder_width=8, decoder_width=4, min_depth=1.0, max_depth=100.0)
 

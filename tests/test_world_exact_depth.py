@@ -7,10 +7,10 @@ import pytest
 
 from cordaseg.data import formats
 from cordaseg.data.datasets import DatasetConfig, build_dataset
-from cordaseg.data.world import generate_world, render_frame, target_domain
-from cordaseg.data.world.export import EXACT_DEPTH_MANIFEST, WorldConfig, _frame_rng, export_exact_depth
-from cordaseg.data.world.scene import SKY
 from cordaseg.errors import DataError
+from cordaseg.world import generate_world, render_frame, target_domain
+from cordaseg.world.export import EXACT_DEPTH_MANIFEST, WorldConfig, _frame_rng, export_exact_depth
+from cordaseg.world.scene import SKY
 
 CFG = WorldConfig(num_source=0, num_target_train=2, num_target_val=2, size=(96, 48), seed=3)
 

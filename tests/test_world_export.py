@@ -10,10 +10,10 @@ import pytest
 from cordaseg.cli import main
 from cordaseg.data import formats
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN
-from cordaseg.data.world import SOURCE, generate_world, render_frame, target_domain
-from cordaseg.data.world.export import MANIFEST, _frame_rng, inverse_depth
-from cordaseg.data.world.scene import SKY
 from cordaseg.errors import DataError
+from cordaseg.world import SOURCE, generate_world, render_frame, target_domain
+from cordaseg.world.export import MANIFEST, _frame_rng, inverse_depth
+from cordaseg.world.scene import SKY
 
 SIZE = (96, 48)
 
@@ -147,7 +147,7 @@ def test_the_real_loaders_read_the_world(world):
 
 def test_world_config_is_a_checked_config_section(tmp_path):
     from cordaseg.config import ConfigError, from_dict, to_dict
-    from cordaseg.data.world import WorldConfig, generate_world_from_config
+    from cordaseg.world import WorldConfig, generate_world_from_config
 
     cfg = from_dict(WorldConfig, {"num_source": 1, "num_target_train": 1, "num_target_val": 1,
                                   "size": [64, 32], "seed": 3})

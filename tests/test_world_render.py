@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN, NUM_CLASSES
-from cordaseg.data.world import (
+from cordaseg.world import (
     SOURCE,
     Camera,
     Scene,
@@ -16,7 +16,7 @@ from cordaseg.data.world import (
     stereo_depth,
     target_domain,
 )
-from cordaseg.data.world.scene import BUILDING, POLE, ROAD, SKY, M
+from cordaseg.world.scene import BUILDING, POLE, ROAD, SKY, M
 
 
 def _scene(boxes, labels, road_half_width=5.0) -> Scene:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cordaseg.cli.arguments import size_wxh
-from cordaseg.data.world.export import generate_world, preview
 from cordaseg.errors import CordasegError
+from cordaseg.world.export import generate_world, preview
 
 # Beyond this, extrapolated scene parameters leave their valid ranges (negative counts and spans).
 MAX_SHIFT = 2.0

@@ -58,7 +58,6 @@ from torch.utils.data import Subset
 
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from cordaseg.data.datasets import DatasetConfig, build_dataset
-from cordaseg.data.world.export import WorldConfig, export_exact_depth, generate_world_from_config
 from cordaseg.engine.config import FIDELITY_SWITCHES, TrainConfig, train_config_from_dict
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import train
@@ -67,6 +66,7 @@ from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation
 from cordaseg.models.checkpoint import load_state, model_payload, read_file
 from cordaseg.models.corda import ModelConfig, build_model
 from cordaseg.runtime.files import atomic_save
+from cordaseg.world.export import WorldConfig, export_exact_depth, generate_world_from_config
 
 # The four runs, in the order they are trained and reported.
 METHODS = ("source_only", "oracle", "dacs", "corda")
@@ -146,7 +146,7 @@ class DemoConfig:
     time limit: the result then depends on the machine's speed)."""
     val_depth: Literal["none", "exact"] = "none"
     """``exact``: score the val split with the world's exact depth (rendered again, see
-    :func:`~cordaseg.data.world.export.export_exact_depth`) so that every method also gets its
+    :func:`~cordaseg.world.export.export_exact_depth`) so that every method also gets its
     mIoU per range of distance."""
     threads: int = 0
     """torch intra-op threads; 0: one per CPU this process may use (:func:`cpu_threads`). Results can

@@ -1,7 +1,7 @@
 """Frame sequences of the synthetic street world, for monocular self-supervised depth (issue:
 self-supervised depth, part 4; spec section 8).
 
-The world (:mod:`cordaseg.data.world`) renders single frames and stereo pairs. A sequence here is
+The world (:mod:`cordaseg.world`) renders single frames and stereo pairs. A sequence here is
 one street seen from a camera that drives forward along the lane, ``step_m`` metres per frame,
 with the frame's light, textures and exposure fixed (only the sensor noise changes), so the
 photometric consistency a monocular method relies on holds. :func:`write_world_video` writes the
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from cordaseg.data import formats
-from cordaseg.data.world import Camera, cast_rays, sample_scene, target_domain
-from cordaseg.data.world.domains import Domain, _shade, sample_camera
 from cordaseg.depth.data import INTRINSICS_FILE, VIDEO_IMAGE_DIR, VIDEO_RIGHT_DIR
+from cordaseg.world import Camera, cast_rays, sample_scene, target_domain
+from cordaseg.world.domains import Domain, sample_camera, shade
 
 
 @dataclass
@@ -51,8 +51,8 @@ def render_sequence(domain: Domain, size: tuple[int, int], frames: int, step_m: 
         moved = replace(camera, position=(x, y, z + k * step_m))
         left = cast_rays(scene, moved)
         right = cast_rays(scene, moved.right())
-        sequence.left.append(_shade(scene, left, look, sun, seed, rng, exposure))
-        sequence.right.append(_shade(scene, right, look, sun, seed, rng, exposure))
+        sequence.left.append(shade(scene, left, look, sun, seed, rng, exposure))
+        sequence.right.append(shade(scene, right, look, sun, seed, rng, exposure))
         sequence.depth.append(left.depth)
     return sequence
 

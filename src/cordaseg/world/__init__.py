@@ -1,10 +1,10 @@
 """The synthetic street world (issue 6): a procedural street scene generator with two domains,
 rendered by vectorised ray casting and written as GTA5 (source) and Cityscapes (target) trees."""
 
-from cordaseg.data.world.domains import SOURCE, TARGET, Domain, Frame, render_frame, target_domain
-from cordaseg.data.world.export import WorldConfig, generate_world, generate_world_from_config, stereo_depth
-from cordaseg.data.world.render import Camera, GBuffer, cast_rays
-from cordaseg.data.world.scene import Scene, SceneParams, sample_scene
+from cordaseg.world.domains import SOURCE, TARGET, Domain, Frame, render_frame, target_domain
+from cordaseg.world.export import WorldConfig, generate_world, generate_world_from_config, stereo_depth
+from cordaseg.world.render import Camera, GBuffer, cast_rays
+from cordaseg.world.scene import Scene, SceneParams, sample_scene
 
 __all__ = [
     "SOURCE", "TARGET", "Camera", "Domain", "Frame", "GBuffer", "Scene", "SceneParams", "WorldConfig",

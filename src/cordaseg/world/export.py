@@ -33,9 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cordaseg.data import formats
-from cordaseg.data.world.domains import SOURCE, Frame, render_frame, target_domain
-from cordaseg.data.world.render import Camera
 from cordaseg.errors import DataError
+from cordaseg.world.domains import SOURCE, Frame, render_frame, target_domain
+from cordaseg.world.render import Camera
 
 # Bumped whenever the world's content changes, so cached worlds are regenerated.
 WORLD_VERSION = 2

@@ -1,7 +1,7 @@
 """Vectorised ray casting of a street scene (issue 6, part 1): depth, labels, normals, stereo.
 
 Every pixel's ray is cast against the ground plane and every primitive of a
-:class:`~cordaseg.data.world.scene.Scene`. The loop runs over primitives, never over pixels:
+:class:`~cordaseg.world.scene.Scene`. The loop runs over primitives, never over pixels:
 each primitive is projected to a screen rectangle first, and only the rays inside it are tested
 (slab test for boxes, quadratic for spheres), so a frame costs a few numpy operations per
 primitive plus work proportional to the area it covers.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cordaseg.data.world.scene import ROAD, SKY, TERRAIN, Scene
+from cordaseg.world.scene import ROAD, SKY, TERRAIN, Scene
 
 # Ground farther than this (metres) is drawn as sky: it is below the horizon haze anyway.
 MAX_GROUND_DISTANCE = 400.0

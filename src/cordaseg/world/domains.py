@@ -1,6 +1,6 @@
 """The two domains of the synthetic street world (issue 6, part 2): appearance, camera, frequencies.
 
-Both domains draw streets from the same grammar (:mod:`cordaseg.data.world.scene`) and differ in
+Both domains draw streets from the same grammar (:mod:`cordaseg.world.scene`) and differ in
 everything a real synthetic-to-real gap differs in:
 
 - **source** ("synthetic", written as a GTA5 tree): clean flat-shaded saturated materials, a
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from cordaseg.data.world.render import Camera, GBuffer, cast_rays, shadow_mask
-from cordaseg.data.world.scene import MATERIALS, ROAD, SIDEWALK, TERRAIN, Scene, SceneParams, sample_scene
-from cordaseg.data.world.scene import M as MAT
+from cordaseg.world.render import Camera, GBuffer, cast_rays, shadow_mask
+from cordaseg.world.scene import MATERIALS, ROAD, SIDEWALK, TERRAIN, Scene, SceneParams, sample_scene
+from cordaseg.world.scene import M as MAT
 
 
 def _palette(**colours: tuple[float, float, float]) -> tuple[tuple[float, float, float], ...]:
@@ -183,7 +183,7 @@ def _frac(x: np.ndarray) -> np.ndarray:
     return x - np.floor(x)
 
 
-def _shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: int,
+def shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: int,
            rng: np.random.Generator, exposure: float) -> np.ndarray:
     """GBuffer -> (H, W, 3) uint8 RGB in the domain's appearance."""
     h, w = gb.depth.shape
@@ -304,10 +304,10 @@ def render_frame(domain: Domain, size: tuple[int, int], rng: np.random.Generator
     seed = int(rng.integers(2**31))
     exposure = 1.0 + look.exposure_jitter * rng.uniform(-1.0, 1.0)
     left = cast_rays(scene, camera)
-    frame = Frame(_shade(scene, left, look, sun, seed, rng, exposure), left.label, left.depth, camera)
+    frame = Frame(shade(scene, left, look, sun, seed, rng, exposure), left.label, left.depth, camera)
     if stereo:
         right = cast_rays(scene, camera.right())
-        frame.right_rgb = _shade(scene, right, look, sun, seed, rng, exposure)
+        frame.right_rgb = shade(scene, right, look, sun, seed, rng, exposure)
         frame.right_depth = right.depth
         frame.right_label_ids = right.label
     return frame

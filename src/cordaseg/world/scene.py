@@ -4,7 +4,7 @@ A scene is a straight street seen from a car: a road with lanes and markings, ra
 with kerbs, grass verges, building façades of varying height and setback, walls, fences, hedges,
 trees, poles carrying traffic lights and signs, parked and moving cars, trucks, buses, sometimes a
 tram, people, and riders on bicycles and motorcycles. Everything is made of axis-aligned boxes and
-spheres over the ground plane ``y = 0``, so :mod:`cordaseg.data.world.render` can ray-cast it with a
+spheres over the ground plane ``y = 0``, so :mod:`cordaseg.world.render` can ray-cast it with a
 few vectorised numpy operations per primitive.
 
 World coordinates are metres: ``x`` to the right, ``y`` up, ``z`` forward along the street. Each

@@ -53,22 +53,19 @@ from typing import Any
 
 from cordaseg.config import to_dict
 from cordaseg.data.labels import CLASS_NAMES
+from cordaseg.demo.config import METHOD_TITLES, METHODS, DemoConfig, load_demo_config
 from cordaseg.demo.pipeline import (
-    METHOD_TITLES,
-    METHODS,
     REFERENCE_SPEED,
     REFERENCE_WORLD_SECONDS,
-    DemoConfig,
-    MethodResult,
     ensure_self_supervised_depth,
     expected_seconds,
-    load_demo_config,
     run_demo,
     train_and_score,
     train_variant,
     val_dataset,
 )
 from cordaseg.demo.report import METHOD_RGB, IntervalRow, interval_chart
+from cordaseg.demo.results import MethodResult
 from cordaseg.demo.stats import Interval, differences, gap_closed, paired_difference, t_interval
 from cordaseg.world.export import export_exact_depth, generate_world_from_config
 

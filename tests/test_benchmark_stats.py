@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cordaseg.demo.pipeline import DemoConfig, MethodResult
+from cordaseg.demo.config import DemoConfig
 from cordaseg.demo.report import IntervalRow, interval_chart
+from cordaseg.demo.results import MethodResult
 from cordaseg.demo.stats import differences, gap_closed, paired_difference, t_interval
 from cordaseg.evaluation.evaluate import EvalResult
 from cordaseg.evaluation.metrics import DepthBinScores

@@ -16,22 +16,21 @@ from PIL import Image
 from cordaseg.cli import main
 from cordaseg.cli.demo import command_overrides
 from cordaseg.config import ConfigError
+from cordaseg.demo.config import METHODS, DemoConfig, load_demo_config
 from cordaseg.demo.pipeline import (
-    METHODS,
-    DemoConfig,
     _Progress,
     _replan,
     adaptation_iterations_left,
     corda_init_from_deeplab,
     cpu_threads,
     expected_seconds,
-    load_demo_config,
     make_plan,
     plan_iterations,
     run_demo,
 )
 from cordaseg.engine.checkpoint import check_same_model
-from cordaseg.models.checkpoint import model_payload, read_file
+from cordaseg.models.checkpoint import model_payload
+from cordaseg.models.checkpoint_file import read_file
 from cordaseg.models.corda import build_model
 from cordaseg.runtime.files import atomic_save
 
@@ -202,14 +201,14 @@ def test_demo_end_to_end_on_a_tiny_world(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_self_supervised_target_depth_makes_a_readable_tree(tmp_path):
+def test_demo_target_depth_makes_a_readable_tree(tmp_path):
     from cordaseg.data.datasets import DatasetConfig, build_dataset
-    from cordaseg.demo.pipeline import self_supervised_target_depth
+    from cordaseg.demo.pipeline import demo_target_depth
     from cordaseg.world import generate_world
 
     _, target = generate_world(tmp_path / "world", 0, 3, 1, size=(128, 64), workers=0, progress=False)
     cfg = load_demo_config(None, ["world.size=[128,64]", "crop=[64,64]"])
-    tree = self_supervised_target_depth(cfg, target, tmp_path / "runs", seconds=1.0, progress=False)
+    tree = demo_target_depth(cfg, target, tmp_path / "runs", seconds=1.0, progress=False)
     assert (tmp_path / "runs" / "self_supervised_depth" / "depth_run" / "depth_last.pth").is_file()
     data = build_dataset(DatasetConfig(format="cityscapes", root=str(tree), split="train", depth="stereo",
                                        use_labels=False, resize_scale=1.0, crop=(64, 64)), train=True)

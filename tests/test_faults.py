@@ -42,7 +42,8 @@ from cordaseg.engine.logging import read_metrics
 from cordaseg.errors import CheckpointError, one_line
 from cordaseg.evaluation.predict import PredictConfig, predict_image, upsampled_argmax
 from cordaseg.models import checkpoint as model_checkpoint
-from cordaseg.models.checkpoint import load_model, model_payload, read_file
+from cordaseg.models.checkpoint import load_model, model_payload
+from cordaseg.models.checkpoint_file import read_file
 from cordaseg.models.convert import project_to_reference, reference_model_config
 from cordaseg.models.corda import ModelConfig, build_model
 from cordaseg.runtime.files import atomic_save
@@ -152,7 +153,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(evaluate_command, "evaluate_segmentation", refuse)
     monkeypatch.setattr(evaluate_command, "predict_files", refuse)
-    monkeypatch.setattr(model_checkpoint, "build_model", refuse)
+    monkeypatch.setattr(model_checkpoint, "CordaNet", refuse)  # load_model builds the network with it
     monkeypatch.setattr(trainer_module, "build_model", refuse)
 
 
@@ -601,7 +602,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_random_sigkills_and_resumes_end_bit_identical(world, tmp_path):
-    iterations = 8
+    iterations = 40
     extra = (f"optim.iterations={iterations}", "checkpoint.keep_last=2")
     argv = tiny_argv(world, tmp_path / "killed", *extra)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -612,12 +613,12 @@ def test_random_sigkills_and_resumes_end_bit_identical(world, tmp_path):
         process = subprocess.Popen([sys.executable, "-m", "cordaseg.cli", *argv], cwd=tmp_path, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         logged = len(read_metrics(killed_dir, "train"))
-        target = logged + int(rng.integers(0, 3))  # 0: during start-up or the first iteration
+        target = logged + int(rng.integers(0, 2))  # 0: during start-up or the first iteration
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline and \
                 len(read_metrics(killed_dir, "train")) < target:
             time.sleep(0.01)
-        time.sleep(float(rng.uniform(0.0, 0.4)))  # anywhere inside an iteration or a save
+        time.sleep(float(rng.uniform(0.0, 0.05)))  # anywhere inside the next iteration or save
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
@@ -625,7 +626,7 @@ def test_random_sigkills_and_resumes_end_bit_identical(world, tmp_path):
         assert process.returncode in (0, -signal.SIGKILL), stderr
         if process.returncode == 0:
             break
-    assert kills >= 5
+    assert kills == 10  # a few iterations a kill at most: the run never finishes before
     final = subprocess.run([sys.executable, "-m", "cordaseg.cli", *argv], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr

@@ -13,6 +13,7 @@ from cordaseg.errors import CheckpointError
 from cordaseg.models.checkpoint import (
     convert_file,
     convert_reference,
+    load_init_weights,
     load_model,
     load_state,
     model_config_of,
@@ -20,7 +21,6 @@ from cordaseg.models.checkpoint import (
 )
 from cordaseg.models.convert import (
     detect_variant,
-    load_init_weights,
     project_to_reference,
     reference_model_config,
 )

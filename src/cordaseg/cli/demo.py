@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cordaseg.demo.pipeline import load_demo_config, run_demo
+from cordaseg.demo.config import load_demo_config
+from cordaseg.demo.pipeline import run_demo
 from cordaseg.errors import CordasegError
 
 

@@ -49,28 +49,28 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
-from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from cordaseg.config import ConfigError, to_dict
 from cordaseg.data.datasets import DatasetConfig, build_dataset
-from cordaseg.engine.config import FIDELITY_SWITCHES, TrainConfig, train_config_from_dict
+from cordaseg.demo.config import METHOD_TITLES, METHODS, DemoConfig, merge
+from cordaseg.demo.report import write_report
+from cordaseg.demo.results import DemoResult, MethodResult
+from cordaseg.depth.pipeline import self_supervised_target_depth as train_and_export
+from cordaseg.engine.config import TrainConfig, train_config_from_dict
 from cordaseg.engine.logging import read_metrics
 from cordaseg.engine.trainer import train
 from cordaseg.errors import CheckpointError
 from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation
-from cordaseg.models.checkpoint import load_state, model_payload, read_file
+from cordaseg.models.checkpoint import load_state, model_payload
+from cordaseg.models.checkpoint_file import read_file
 from cordaseg.models.corda import ModelConfig, build_model
 from cordaseg.runtime.files import atomic_save
-from cordaseg.world.export import WorldConfig, export_exact_depth, generate_world_from_config
-
-# The four runs, in the order they are trained and reported.
-METHODS = ("source_only", "oracle", "dacs", "corda")
-METHOD_TITLES = {"source_only": "source-only", "oracle": "target oracle", "dacs": "DACS", "corda": "CorDA"}
+from cordaseg.world.export import export_exact_depth, generate_world_from_config
 
 # Seconds per training iteration of each run at the demo's default sizes on 2 idle CPU cores (AMD
 # EPYC, torch 2.13 CPU), setup included, from the fixed-count runs of benchmarks/RESULTS.md;
@@ -84,177 +84,6 @@ REFERENCE_OVERHEAD_SECONDS = 15.0
 # Source-supervised runs this many times slower than their probes make the demo warn that the
 # machine got busier.
 BUSY_FACTOR = 1.3
-
-
-@dataclass
-class DemoConfig:
-    """Everything ``cordaseg demo`` does; saved as ``demo_config.yaml`` in the output folder."""
-
-    world: WorldConfig = field(default_factory=lambda: WorldConfig(
-        num_source=300, num_target_train=300, num_target_val=60, size=(256, 128)))
-    """The synthetic world: frame counts, size, strength of the shift, layout seed."""
-    backbone_depth: int = 18
-    """ResNet depth of every model (18: basic blocks, the CPU-sized choice)."""
-    backbone_width: int = 16
-    """Stem channels of the backbone (64 in the paper); every stage scales with it."""
-    head_width: int = 32
-    """Channels of CorDA's task branches and distillation (256 in the paper)."""
-    crop: tuple[int, int] = (128, 128)
-    """Training crop (W, H), taken from frames kept at the world's size."""
-    batch_size: int = 2
-    """Source images (and as many target images) per iteration, as in the paper."""
-    lr: float = 5e-3
-    """Base learning rate of the backbone (heads: 10x). Higher than the paper's 2.5e-4, which is
-    tuned for a COCO-pretrained ResNet-101; these networks start from random weights."""
-    adaptation_lr_factor: float = 0.5
-    """DACS and CorDA run at this fraction of ``lr``: they continue from trained weights."""
-    source_iterations: int = 4000
-    """Iterations of source-only and of the oracle; 0 plans them from the time budget ``minutes``."""
-    adaptation_iterations: int = 2000
-    """Iterations of DACS and of CorDA; 0 plans them from the time budget ``minutes``."""
-    depth_iterations: int = 1200
-    """Iterations of the self-supervised depth network (target_depth: self_supervised); 0 trains it
-    for ``depth_seconds`` or ``depth_share`` of the budget instead."""
-    minutes: float = 15.0
-    """Wall-clock budget of the whole demo, world rendering included, where counts are planned (0)."""
-    adaptation_share: float = 0.6
-    """Fraction of the training time given to DACS and CorDA (the rest: source-only and oracle)."""
-    min_iterations: int = 5
-    """Fewest iterations a planned source-only or oracle run gets, however short the budget."""
-    adaptation_floor: int = 200
-    """Fewest iterations a planned DACS or CorDA run gets, however short the budget or busy the
-    machine (the demo then runs past ``minutes``, with a warning). 200 iterations from the
-    source-only weights are about the fewest in which adaptation shows: at 245 the busy-machine
-    run of benchmarks/RESULTS.md recovered 31% of the gap."""
-    probe_iterations: int = 8
-    """Iterations of each method timed before planning (only the second half is counted)."""
-    initial_head_fraction: float = 0.1
-    """Fraction of the adaptation run whose pseudo-labels come from the initial semantic head."""
-    eval_images: int = 0
-    """Score on the first this many target val images (0: all)."""
-    grid_images: int = 4
-    """Target val images shown in report.png."""
-    target_depth: Literal["stereo", "self_supervised"] = "self_supervised"
-    """CorDA's target depth: a Monodepth2-style network trained here on the target stereo pairs
-    (``cordaseg.depth``) and exported as stereo .mat files, as the paper uses self-supervised depth (default);
-    or the tree's own stereo-matcher depth files (``stereo``), which skips that stage."""
-    depth_share: float = 0.15
-    """Fraction of the budget for training the self-supervised depth network when neither
-    ``depth_iterations`` nor ``depth_seconds`` is set (target_depth: self_supervised)."""
-    depth_seconds: float | None = None
-    """Seconds for that training instead of ``depth_iterations`` or ``depth_share`` of the budget (a
-    time limit: the result then depends on the machine's speed)."""
-    val_depth: Literal["none", "exact"] = "none"
-    """``exact``: score the val split with the world's exact depth (rendered again, see
-    :func:`~cordaseg.world.export.export_exact_depth`) so that every method also gets its
-    mIoU per range of distance."""
-    threads: int = 0
-    """torch intra-op threads; 0: one per CPU this process may use (:func:`cpu_threads`). Results can
-    differ in the last bits between thread counts (the order of parallel sums), which training
-    amplifies: set it (e.g. 2) to compare runs on machines with different numbers of CPUs."""
-    seed: int = 0
-    """Seed of the model initialisations, sample orders and adaptation draws."""
-    fidelity: Literal["reference", "paper"] = "reference"
-    """``recipe.fidelity`` of every run: the reference code's behaviour or the paper's text
-    (docs/reference-behaviour.md)."""
-    world_workers: int | None = None
-    """Processes rendering the world (None: one per CPU)."""
-
-    def __post_init__(self) -> None:
-        if self.backbone_depth not in (18, 34, 50, 101):
-            raise ConfigError(f"backbone_depth: {self.backbone_depth} is not one of 18, 34, 50, 101")
-        if self.minutes <= 0:
-            raise ConfigError(f"minutes: {self.minutes} must be > 0")
-        if not 0.0 < self.depth_share < 0.5:
-            raise ConfigError(f"depth_share: {self.depth_share} must lie in (0, 0.5)")
-        if not 0.0 < self.adaptation_share < 1.0:
-            raise ConfigError(f"adaptation_share: {self.adaptation_share} must lie in (0, 1)")
-        if not 0.0 <= self.initial_head_fraction <= 1.0:
-            raise ConfigError(f"initial_head_fraction: {self.initial_head_fraction} must lie in [0, 1]")
-        for key in ("source_iterations", "adaptation_iterations", "depth_iterations", "eval_images", "grid_images",
-                    "threads"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}: {getattr(self, key)} must be >= 0")
-        if self.min_iterations < 1 or self.adaptation_floor < 1 or self.probe_iterations < 2 or self.batch_size < 1:
-            raise ConfigError("min_iterations, adaptation_floor and batch_size must be >= 1, probe_iterations >= 2")
-        if self.lr <= 0 or self.adaptation_lr_factor <= 0:
-            raise ConfigError("lr and adaptation_lr_factor must be > 0")
-        width, height = self.world.size
-        if self.crop[0] > width or self.crop[1] > height:
-            raise ConfigError(f"crop: {tuple(self.crop)} is larger than world.size {tuple(self.world.size)}")
-
-    def model(self, arch: str) -> ModelConfig:
-        """The network of one method: DeepLabV2 ('deeplab') or CorDA ('corda'), with the model keys
-        that ``fidelity`` sets."""
-        switched = {key.split(".")[1]: values[self.fidelity] for key, values in FIDELITY_SWITCHES.items()
-                    if key.startswith("model.")}
-        return ModelConfig(arch=arch, backbone_depth=self.backbone_depth, backbone_width=self.backbone_width,
-                           head_width=self.head_width, **switched)
-
-    @property
-    def fixed(self) -> bool:
-        """Whether every iteration count is fixed (nothing is planned from the time budget)."""
-        return bool(self.source_iterations and self.adaptation_iterations)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
-    return merged
-
-
-def load_demo_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DemoConfig:
-    """The demo's defaults, updated by an optional YAML file, then by ``key=value`` overrides
-    (so ``world.num_source=200`` keeps the demo's other world settings)."""
-    data = to_dict(DemoConfig())
-    if path is not None:
-        data = _merge(data, load_yaml(path))
-    return from_dict(DemoConfig, apply_overrides(data, overrides or []))
-
-
-@dataclass
-class MethodResult:
-    """One trained method, scored on the target val split."""
-
-    method: str
-    """One of :data:`METHODS`, or the name of a variant (:func:`train_variant`)."""
-    iterations: int
-    """Training iterations run."""
-    seconds_per_iteration: float
-    """Measured training speed: the run's wall-clock time (setup included) over its iterations."""
-    train_seconds: float
-    """Wall-clock time of the training run (setup included)."""
-    evaluation: EvalResult
-    """Scores and kept samples on the target val split."""
-    checkpoint: Path | None = None
-    """The run's last training checkpoint (the warm start of the runs that continue from it)."""
-    fingerprint: str = ""
-    """Hash of everything that determines the run (:func:`run_fingerprint`)."""
-    resumed: bool = False
-    """Read back from the run folder's ``scores.json`` instead of trained (its samples are empty)."""
-
-    @property
-    def miou(self) -> float:
-        return float(self.evaluation.miou[19])
-
-
-@dataclass
-class DemoResult:
-    """What :func:`run_demo` produced."""
-
-    out_dir: Path
-    """The output folder (world/, runs/, report.md, report.png, results.json)."""
-    methods: dict[str, MethodResult]
-    """Method name -> its result, in :data:`METHODS` order."""
-    seconds: float
-    """Wall-clock time of the whole demo."""
-    report_md: Path
-    report_png: Path
-    results_json: Path
-    threads: int = 0
-    """torch intra-op threads the runs used."""
 
 
 class _Progress:
@@ -323,7 +152,7 @@ def train_config(cfg: DemoConfig, method: str, source_root: Path, target_root: P
         "logging": {"every": max(1, min(log_every, iterations)), "image_every": 0, "tensorboard": False,
                     "progress": progress},
     }
-    return train_config_from_dict(_merge(data, extra or {}))
+    return train_config_from_dict(merge(data, extra or {}))
 
 
 def val_dataset(cfg: DemoConfig, target_root: Path, depth_root: Path | None = None):
@@ -352,7 +181,7 @@ def _run(train_cfg: TrainConfig):
 # ---------------------------------------------------------------------------------- target depth
 
 
-def self_supervised_target_depth(cfg: DemoConfig, target_root: Path, out_dir: Path, seconds: float | None,
+def demo_target_depth(cfg: DemoConfig, target_root: Path, out_dir: Path, seconds: float | None,
                                  progress: bool = True, iterations: int = 0) -> Path:
     """Train the self-supervised stereo depth network on the target train pairs for ``iterations``
     (if > 0, else for at most ``seconds``), export its depth as stereo ``.mat`` files, and return a
@@ -365,8 +194,6 @@ def self_supervised_target_depth(cfg: DemoConfig, target_root: Path, out_dir: Pa
     full size stayed at its initial depth for two minutes, while half size reached AbsRel 0.14
     against the tree's stereo-matcher depth in 100 s (300 pairs, 2 CPU cores).
     """
-    from cordaseg.depth.pipeline import self_supervised_target_depth as train_and_export
-
     width, height = cfg.world.size
     size = [max(64, width // 2 // 32 * 32), max(64, height // 2 // 32 * 32)]
     if iterations <= 0 and seconds is None:
@@ -390,7 +217,7 @@ def self_supervised_target_depth(cfg: DemoConfig, target_root: Path, out_dir: Pa
 
 
 def ensure_self_supervised_depth(cfg: DemoConfig, target_root: Path, runs: Path, progress: bool = True) -> Path:
-    """:func:`self_supervised_target_depth` into ``runs``, unless a finished export with the same
+    """:func:`demo_target_depth` into ``runs``, unless a finished export with the same
     settings is already there (``runs/self_supervised_depth/done.json``); returns the tree."""
     work_dir = runs / "self_supervised_depth"
     marker = work_dir / "done.json"
@@ -401,7 +228,7 @@ def ensure_self_supervised_depth(cfg: DemoConfig, target_root: Path, runs: Path,
             return work_dir / "target"
     except (OSError, json.JSONDecodeError):
         pass
-    tree = self_supervised_target_depth(cfg, target_root, runs, depth_seconds(cfg), progress=progress,
+    tree = demo_target_depth(cfg, target_root, runs, depth_seconds(cfg), progress=progress,
                                         iterations=cfg.depth_iterations)
     marker.write_text(json.dumps(settings, indent=2))
     return tree
@@ -692,8 +519,6 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, quiet: bool = False, resume: 
 
 
 def _run_demo(cfg: DemoConfig, out_dir: Path, say: _Progress, threads: int, resume: bool) -> DemoResult:
-    from cordaseg.demo.report import write_report
-
     quiet = say.quiet
     budget = cfg.minutes * 60.0
     world_dir, runs = out_dir / "world", out_dir / "runs"
@@ -799,24 +624,3 @@ def _replan(cfg: DemoConfig, plan: dict[str, int], speed: dict[str, float], resu
         warnings.warn(f"only {fit} DACS and CorDA iterations fit the time left; running the floor of {floor} "
                       f"(adaptation_floor), so the demo takes longer than {cfg.minutes:g} min",
                       RuntimeWarning, stacklevel=3)
-
-
-def summary(methods: dict[str, MethodResult], seconds: float) -> dict[str, Any]:
-    """JSON-safe numbers of a demo: per method iterations, timings, mIoU and per-class IoU."""
-    def number(x: float) -> float | None:
-        return None if math.isnan(x) else round(float(x), 2)
-
-    return {
-        "seconds": round(seconds, 1),
-        "methods": {
-            name: {
-                "iterations": r.iterations,
-                "seconds_per_iteration": round(r.seconds_per_iteration, 4),
-                "train_seconds": round(r.train_seconds, 1),
-                "miou": number(r.miou),
-                "iou": {c: number(v) for c, v in zip(r.evaluation.class_names, r.evaluation.iou)},
-                "depth_bins": {b.name: number(b.miou[19]) for b in r.evaluation.depth_bins},
-            }
-            for name, r in methods.items()
-        },
-    }

@@ -14,17 +14,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from cordaseg.config import to_dict
 from cordaseg.data.labels import colorize
-from cordaseg.evaluation.report import BACKGROUND, TEXT, _font, apply_colormap, colorize_depth
-
-if TYPE_CHECKING:
-    from cordaseg.demo.pipeline import DemoConfig, MethodResult
+from cordaseg.demo.config import METHOD_TITLES, DemoConfig
+from cordaseg.demo.results import MethodResult, summary
+from cordaseg.evaluation.report import BACKGROUND, TEXT, apply_colormap, colorize_depth, font
 
 # Bar colour of each method in report.png.
 METHOD_RGB = {"source_only": (150, 150, 150), "oracle": (60, 60, 60), "dacs": (70, 130, 200),
@@ -39,8 +37,6 @@ def _fmt(value: float) -> str:
 
 def markdown(cfg: DemoConfig, results: dict[str, MethodResult], seconds: float) -> str:
     """The text of ``report.md``."""
-    from cordaseg.demo.pipeline import METHOD_TITLES
-
     order = [m for m in REPORT_ORDER if m in results]
     w = cfg.world
     lines = [
@@ -90,13 +86,11 @@ def markdown(cfg: DemoConfig, results: dict[str, MethodResult], seconds: float) 
 
 
 def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str) -> None:
-    draw.text(xy, text, fill=TEXT, font=_font())
+    draw.text(xy, text, fill=TEXT, font=font())
 
 
 def miou_bars(results: dict[str, MethodResult], width: int = 520) -> Image.Image:
     """Horizontal mIoU bars, one per method, with the value written after the bar."""
-    from cordaseg.demo.pipeline import METHOD_TITLES
-
     order = [m for m in REPORT_ORDER if m in results]
     row, label_w, pad = 20, 110, 8
     image = Image.new("RGB", (width, pad * 2 + 16 + row * len(order)), BACKGROUND)
@@ -115,8 +109,6 @@ def miou_bars(results: dict[str, MethodResult], width: int = 520) -> Image.Image
 
 def iou_table(results: dict[str, MethodResult], cell: tuple[int, int] = (84, 14)) -> Image.Image:
     """Per-class IoU as a table: one row per class, one column per method, shaded by the value."""
-    from cordaseg.demo.pipeline import METHOD_TITLES
-
     order = [m for m in REPORT_ORDER if m in results]
     names = results[order[0]].evaluation.class_names
     label_w, (cw, ch), pad = 100, cell, 8
@@ -136,14 +128,12 @@ def iou_table(results: dict[str, MethodResult], cell: tuple[int, int] = (84, 14)
             draw.rectangle([x + 1, y, x + cw - 2, y + ch - 2], fill=shade)
             # Dark text on the light end of the colour map, light text on the dark end.
             light = not math.isnan(value) and value < 55
-            draw.text((x + 4, y + 1), _fmt(value), fill=(255, 255, 255) if light else TEXT, font=_font())
+            draw.text((x + 4, y + 1), _fmt(value), fill=(255, 255, 255) if light else TEXT, font=font())
     return image
 
 
 def prediction_grid(results: dict[str, MethodResult], height: int = 96) -> Image.Image | None:
     """Rows of target val images: image | ground truth | each method's prediction | CorDA depth."""
-    from cordaseg.demo.pipeline import METHOD_TITLES
-
     order = [m for m in REPORT_ORDER if m in results]
     count = min(len(results[m].evaluation.samples) for m in order)
     if count == 0:
@@ -192,8 +182,6 @@ def report_image(results: dict[str, MethodResult]) -> Image.Image:
 def write_report(out_dir: str | Path, cfg: DemoConfig, results: dict[str, MethodResult],
                  seconds: float) -> tuple[Path, Path, Path]:
     """Write report.md, report.png and results.json into ``out_dir``; returns their paths."""
-    from cordaseg.demo.pipeline import summary
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"

@@ -32,7 +32,7 @@ from cordaseg.depth.losses import min_reprojection, photometric_error, smoothnes
 from cordaseg.depth.network import DepthModelConfig, DepthNetwork, PoseNetwork, disparity_to_depth
 from cordaseg.depth.warping import pose_to_transform, stereo_transform, warp
 from cordaseg.errors import CheckpointError
-from cordaseg.models.checkpoint import read_file
+from cordaseg.models.checkpoint_file import read_file
 from cordaseg.runtime.device import resolve_device
 from cordaseg.runtime.files import atomic_save
 

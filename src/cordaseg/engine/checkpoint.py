@@ -26,7 +26,8 @@ import torch
 
 from cordaseg.config import to_dict
 from cordaseg.errors import CheckpointError
-from cordaseg.models.checkpoint import FORMAT, FORMAT_VERSION, model_config_of, read_file
+from cordaseg.models.checkpoint import model_config_of
+from cordaseg.models.checkpoint_file import FORMAT, FORMAT_VERSION, read_file
 
 _NAME = re.compile(r"^checkpoint_(\d+)(?:\.[0-9a-f]{12})?\.pt$")
 

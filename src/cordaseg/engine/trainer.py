@@ -64,11 +64,11 @@ from cordaseg.errors import CordasegError, DataError
 from cordaseg.evaluation.evaluate import evaluate_segmentation
 from cordaseg.models.checkpoint import (
     is_project_checkpoint,
+    load_init_weights,
     load_state,
     model_payload,
     read_file,
 )
-from cordaseg.models.convert import load_init_weights
 from cordaseg.models.corda import build_model
 from cordaseg.runtime import distributed
 from cordaseg.runtime.device import resolve_device

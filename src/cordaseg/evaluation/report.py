@@ -27,12 +27,13 @@ WRONG_RGB = (255, 40, 40)
 IGNORED_RGB = (0, 0, 0)
 
 
-def _font() -> ImageFont.ImageFont:
+def font() -> ImageFont.ImageFont:
+    """The font of every label in the pictures: PIL's built-in one, so no font file is needed."""
     return ImageFont.load_default()
 
 
 def _text_size(text: str) -> tuple[int, int]:
-    left, top, right, bottom = _font().getbbox(text)
+    left, top, right, bottom = font().getbbox(text)
     return right - left, bottom - top
 
 
@@ -96,7 +97,7 @@ def sample_panel(sample: EvalSample, height: int = 256) -> Image.Image:
     draw = ImageDraw.Draw(panel)
     for i, (title, tile) in enumerate(tiles):
         panel.paste(Image.fromarray(tile), (i * size[0], caption))
-        draw.text((i * size[0] + 3, 1), f"{title}" + (f" - {sample.name}" if i == 0 else ""), fill=TEXT, font=_font())
+        draw.text((i * size[0] + 3, 1), f"{title}" + (f" - {sample.name}" if i == 0 else ""), fill=TEXT, font=font())
     return panel
 
 
@@ -115,20 +116,20 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], cell: i
     cells = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
     image.paste(Image.fromarray(cells), (left, top))
     draw = ImageDraw.Draw(image)
-    draw.text((2, 2), "rows: ground truth, columns: prediction (row-normalised)", fill=TEXT, font=_font())
+    draw.text((2, 2), "rows: ground truth, columns: prediction (row-normalised)", fill=TEXT, font=font())
     for i, name in enumerate(class_names):
         text_w, text_h = _text_size(name)
-        draw.text((left - text_w - 4, top + i * cell + (cell - text_h) // 2 - 1), name, fill=TEXT, font=_font())
+        draw.text((left - text_w - 4, top + i * cell + (cell - text_h) // 2 - 1), name, fill=TEXT, font=font())
         # column names: draw horizontally on a strip, then rotate it upright
         strip = Image.new("RGB", (label_w, cell), BACKGROUND)
-        ImageDraw.Draw(strip).text((label_w - text_w - 4, (cell - text_h) // 2 - 1), name, fill=TEXT, font=_font())
+        ImageDraw.Draw(strip).text((label_w - text_w - 4, (cell - text_h) // 2 - 1), name, fill=TEXT, font=font())
         image.paste(strip.rotate(90, expand=True), (left + i * cell, top - label_w))
         value = normalised[i, i]
         if rows[i, 0] > 0:
             shade = (0, 0, 0) if value > 0.6 else (255, 255, 255)
             text = f"{value * 100:.0f}"
             tw, th = _text_size(text)
-            draw.text((left + i * cell + (cell - tw) // 2, top + i * cell + (cell - th) // 2 - 1), text, fill=shade, font=_font())
+            draw.text((left + i * cell + (cell - tw) // 2, top + i * cell + (cell - th) // 2 - 1), text, fill=shade, font=font())
     return image
 
 
@@ -144,20 +145,20 @@ def iou_bar_chart(iou: np.ndarray, class_names: Sequence[str], miou: dict[int, f
     title = "per-class IoU (%)"
     if miou:
         title += "   " + "  ".join(f"mIoU{k} {v:.1f}" for k, v in miou.items() if not math.isnan(v))
-    draw.text((2, 2), title, fill=TEXT, font=_font())
+    draw.text((2, 2), title, fill=TEXT, font=font())
     for i, (name, value) in enumerate(zip(class_names, iou)):
         y = header + i * (bar_height + 4)
         text_w, _ = _text_size(name)
-        draw.text((label_w - text_w - 4, y + 2), name, fill=TEXT, font=_font())
+        draw.text((label_w - text_w - 4, y + 2), name, fill=TEXT, font=font())
         draw.rectangle([label_w, y, label_w + bar_width, y + bar_height], outline=(200, 200, 200))
         if math.isnan(value):
-            draw.text((label_w + 4, y + 2), "n/a", fill=TEXT, font=_font())
+            draw.text((label_w + 4, y + 2), "n/a", fill=TEXT, font=font())
             continue
         colour = tuple(int(c) for c in PALETTE[i]) if i < len(PALETTE) else (90, 90, 90)
         length = round(bar_width * max(0.0, min(100.0, float(value))) / 100.0)
         if length > 0:
             draw.rectangle([label_w, y, label_w + length, y + bar_height], fill=colour, outline=(60, 60, 60))
-        draw.text((label_w + bar_width + 6, y + 2), f"{value:.1f}", fill=TEXT, font=_font())
+        draw.text((label_w + bar_width + 6, y + 2), f"{value:.1f}", fill=TEXT, font=font())
     return image
 
 

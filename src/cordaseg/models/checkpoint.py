@@ -9,17 +9,15 @@ A project checkpoint is a dict that ``torch.load(..., weights_only=True)`` reads
 
 Reference files (training checkpoints with ``model`` / ``ema_model`` / ``optimizer`` /
 ``iteration`` / ``config``, or bare state dicts, ``module.``-prefixed or not) are converted in
-memory by :mod:`cordaseg.models.convert`. They are old pickles. :func:`read_file` first finds
-out what a file is without unpickling it (:mod:`cordaseg.models.checkpoint_scan`): a file that is
-empty, damaged or not a checkpoint is reported as such; a pickle that references commands
-(``posix.system``, ``builtins.eval``, ...) is never unpickled; a *full pickle* (globals outside
-torch's ``weights_only`` allow-list, e.g. the reference's NumPy scalars) is only read when the
-caller passes ``trust_pickle=True`` after the user has been told.
+memory by :mod:`cordaseg.models.convert`, DAFormer / MIC files by
+:mod:`cordaseg.models.convert_mmseg`. Every file is read by
+:func:`cordaseg.models.checkpoint_file.read_file`, which finds out what it is before anything is
+unpickled.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,24 @@ import torch
 
 from cordaseg.config import ConfigError, from_dict, to_dict
 from cordaseg.errors import CheckpointError
-from cordaseg.models.checkpoint_scan import scan_checkpoint
+from cordaseg.models.checkpoint_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    TRUST_HINT,
+    is_project_checkpoint,
+    read_file,
+)
 from cordaseg.models.convert import (
-    check_keys,
     detect_variant,
     infer_shape_config,
+    load_backbone_state,
     reference_to_project,
-    strip_module_prefix,
 )
 from cordaseg.models.convert_mmseg import convert_mmseg_checkpoint, is_mmseg_checkpoint
 from cordaseg.models.corda import CordaNet, ModelConfig
+from cordaseg.models.state_dicts import check_keys, strip_module_prefix
 from cordaseg.runtime.distributed import unwrap
 from cordaseg.runtime.files import atomic_save
-
-FORMAT = "cordaseg"
-FORMAT_VERSION = 1
 
 
 def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
@@ -54,58 +55,6 @@ def model_payload(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dic
         "model": net.state_dict(),
         **extra,
     }
-
-
-TRUST_HINT = "pass --trust-pickle (trust_pickle=True)"
-"""How a command that can read full pickles lets the user say that a file is trusted."""
-
-
-def read_file(path: str | Path, trust_pickle: bool = False, trust_hint: str | None = None) -> Any:
-    """Load any checkpoint file onto the CPU, safely unless ``trust_pickle``.
-
-    What the file is gets decided before anything is unpickled (see the module docstring); every
-    failure is a CheckpointError that says what the file is. ``trust_hint`` tells the user how to
-    trust a full pickle with the command at hand, e.g. :data:`TRUST_HINT`; None (the default) where
-    the caller only reads files that cordaseg wrote, which never need it.
-    """
-    path = Path(path)
-    scan = scan_checkpoint(path)
-    if not scan.is_checkpoint:
-        raise CheckpointError(f"{path}: {scan.detail}")
-    dangerous = scan.code_running_globals
-    if dangerous:
-        raise CheckpointError(
-            f"{path}: refusing to unpickle it: its pickle references {', '.join(dangerous)}, which runs "
-            "commands or code; no checkpoint needs that (the file is malicious or was tampered with)"
-        )
-    unsafe = scan.unsafe_globals
-    if unsafe and not trust_pickle:
-        names = ", ".join(unsafe[:4]) + (f" and {len(unsafe) - 4} more" if len(unsafe) > 4 else "")
-        if trust_hint is None:
-            raise CheckpointError(
-                f"{path}: a full pickle (it references {names}, outside torch's weights_only allow-list); "
-                "files written by cordaseg never are, so this is not one of them"
-            )
-        raise CheckpointError(
-            f"{path}: a full pickle: it references {names}, outside torch's weights_only allow-list, and "
-            f"unpickling runs their code. If you trust where the file came from, {trust_hint}"
-        )
-    # Files pickled with protocol 3+ use opcodes that torch's restricted unpickler lacks; when the
-    # scan found only allow-listed globals there, the full unpickler runs no other code either.
-    weights_only = not unsafe and scan.protocol <= 2
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except (ModuleNotFoundError, AttributeError) as err:
-        raise CheckpointError(f"{path}: its pickle needs code that is not installed ({err})") from err
-    except Exception as err:  # the bytes looked right but do not load: say which file
-        detail = str(err).strip().splitlines()
-        raise CheckpointError(f"{path}: a damaged checkpoint ({detail[0] if detail else type(err).__name__})") from err
-
-
-def is_project_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
 def _state_dicts_of_reference(obj: Any, path: Path) -> tuple[dict, dict | None, int | None]:
@@ -164,6 +113,20 @@ def convert_file(src: str | Path, dst: str | Path, variant: str | None = None,
         "teacher": "teacher" in payload,
         "iteration": payload.get("iteration"),
     }
+
+
+def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor] | str | Path,
+                      trust_pickle: bool = False) -> dict[str, list[str]]:
+    """Load a DeepLab initialisation file (COCO or ImageNet), by path or as a dict, into the backbone
+    only (:func:`cordaseg.models.convert.load_backbone_state`); returns ``{"loaded": [...],
+    "skipped": [...]}``."""
+    if isinstance(state, (str, Path)):
+        path, state = state, read_file(state, trust_pickle=trust_pickle, trust_hint=TRUST_HINT)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: not a DeepLab initialisation state dict")
+    return load_backbone_state(model, state)
 
 
 def model_config_of(payload: dict[str, Any], path: str | Path = "<memory>") -> ModelConfig:

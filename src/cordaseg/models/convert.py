@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from cordaseg.errors import CheckpointError
 from cordaseg.models.corda import ModelConfig
+from cordaseg.models.state_dicts import check_keys, strip_module_prefix
 from cordaseg.runtime.distributed import unwrap
 
 # (reference prefix, project prefix). Longest matching prefix wins.
@@ -83,13 +83,6 @@ def _rename(key: str, table, reverse: bool = False) -> str | None:
         if key.startswith(src) and (best is None or len(src) > len(best[0])):
             best = (src, dst)
     return None if best is None else best[1] + key[len(best[0]) :]
-
-
-def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the ``module.`` prefix that DataParallel / DDP add to every key."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
 
 
 def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
@@ -170,45 +163,14 @@ def project_to_reference(state: Mapping[str, torch.Tensor], arch: str) -> dict[s
     return out
 
 
-def check_keys(out: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], unused: list[str],
-               what: str) -> None:
-    """Refuse, naming the keys, a state that leaves a ``target`` key unfilled, has ``unused`` keys,
-    or a shape that differs from the target's."""
-    out = {k: v for k, v in out.items() if k in target}
-    missing = [k for k in target if k not in out]
-    wrong = [
-        f"{k} {tuple(out[k].shape)} != {tuple(target[k].shape)}"
-        for k in out
-        if tuple(out[k].shape) != tuple(target[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} model key(s) not filled: {', '.join(missing[:5])}")
-    if unused:
-        problems.append(f"{len(unused)} key(s) not used: {', '.join(unused[:5])}")
-    if wrong:
-        problems.append(f"shape mismatch: {'; '.join(wrong[:5])}")
-    if problems:
-        raise CheckpointError(f"{what} does not fit the model: " + " | ".join(problems))
-
-
-def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor] | str | Path,
-                      trust_pickle: bool = False) -> dict[str, list[str]]:
-    """Load a DeepLab initialisation file (COCO or ImageNet), by path or as a dict, into the backbone only.
+def load_backbone_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Load the state dict of a DeepLab initialisation file (COCO or ImageNet) into the backbone only.
 
     Accepts keys with the ImageNet file's ``Scale.`` prefix. Skipped: ``layer5.*`` (the old
     classifier) and, where the file predates them, the BN ``num_batches_tracked`` counters.
     Returns ``{"loaded": [...], "skipped": [...]}``; raises if a backbone tensor is missing or a
-    shape differs.
+    shape differs. :func:`cordaseg.models.checkpoint.load_init_weights` reads the file.
     """
-    if isinstance(state, (str, Path)):
-        from cordaseg.models.checkpoint import TRUST_HINT, read_file  # the reader lives beside the format
-
-        path, state = state, read_file(state, trust_pickle=trust_pickle, trust_hint=TRUST_HINT)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: not a DeepLab initialisation state dict")
     net = unwrap(model)
     state = strip_module_prefix(state)
     if state and all(k.startswith("Scale.") for k in state):

@@ -40,6 +40,8 @@ from torch import nn
 
 from cordaseg.data.normalization import CAFFE_MEAN_BGR
 from cordaseg.errors import CheckpointError, CordasegError
+from cordaseg.models.checkpoint_file import read_file
+from cordaseg.models.mmseg_keys import original_mit_to_encoder
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,6 @@ def load_pretrained(backbone: MiTBackbone | DINOv2Backbone, path: str | Path) ->
     elif path.is_file() and path.suffix in WEIGHT_SUFFIXES:
         state = _read_weights(path)
         if isinstance(backbone, MiTBackbone) and _is_original_mit(state):
-            from cordaseg.models.convert_mmseg import original_mit_to_encoder  # the table lives there
-
             backbone.encoder.load_state_dict(original_mit_to_encoder(state, backbone.encoder.state_dict(), path))
             return
         with tempfile.TemporaryDirectory(prefix="cordaseg-pretrained-") as tmp:
@@ -290,8 +290,6 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types for damaged files
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-    from cordaseg.models.checkpoint import read_file  # safe unpickling lives beside the checkpoint format
-
     obj = read_file(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -11,7 +11,8 @@ from torch import nn
 
 from cordaseg.adaptation import AdaptationConfig, adaptation_step
 from cordaseg.errors import CordasegError, DataError
-from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
+from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.models.output import CordaOutput
 
 SIZE = 32
 

@@ -20,7 +20,8 @@ from cordaseg.data.datasets import DatasetConfig, build_dataset, read_label_trai
 from cordaseg.data.labels import NUM_CLASSES, PROTOCOLS
 from cordaseg.data.synth import generate_tree
 from cordaseg.models.checkpoint import model_payload
-from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
+from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.models.output import CordaOutput
 from cordaseg.runtime.files import atomic_save
 
 

@@ -15,7 +15,7 @@ from cordaseg.cli.evaluate import _depth_bins
 from cordaseg.data.labels import IGNORE_INDEX
 from cordaseg.evaluation.evaluate import EvalResult, evaluate_segmentation, write_csv, write_json
 from cordaseg.evaluation.metrics import DepthBinnedConfusion, metres_from_depth_value
-from cordaseg.models.corda import CordaOutput
+from cordaseg.models.output import CordaOutput
 
 X = IGNORE_INDEX
 INVALID = -1.0  # marks a pixel without depth in the tables below

@@ -15,7 +15,8 @@ from cordaseg.config import ConfigError
 from cordaseg.data.labels import IGNORE_INDEX
 from cordaseg.evaluation.evaluate import evaluate_segmentation, write_csv, write_json
 from cordaseg.evaluation.inference import InferenceConfig
-from cordaseg.models.corda import CordaOutput, ModelConfig, build_model
+from cordaseg.models.corda import ModelConfig, build_model
+from cordaseg.models.output import CordaOutput
 
 
 class OracleNet(nn.Module):

@@ -11,9 +11,9 @@ from cordaseg.evaluation.inference import (
     _window_starts,
     infer,
     model_callable,
-    resize_bilinear,
     sliding_window,
 )
+from cordaseg.models.output import upsample
 
 
 def pointwise_fn(image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -65,7 +65,7 @@ def test_multiscale_flip_and_window_of_pointwise_function_on_constant_image():
     image = torch.full((1, 3, 24, 32), 0.5)
     config = InferenceConfig(scales=(0.5, 1.0, 1.5), flip=True, sliding_window=True, window=(16, 16), stride=(8, 8))
     out = infer(pointwise_fn, image, config, out_size=(48, 64))
-    expected = resize_bilinear(pointwise_fn(image)["semantic"], (48, 64))
+    expected = upsample(pointwise_fn(image)["semantic"], (48, 64))
     assert out["semantic"].shape == (1, 4, 48, 64)
     torch.testing.assert_close(out["semantic"], expected)
 

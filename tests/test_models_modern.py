@@ -17,13 +17,13 @@ from cordaseg.errors import CheckpointError, CordasegError  # noqa: E402
 from cordaseg.models import convert_mmseg  # noqa: E402
 from cordaseg.models.checkpoint import load_model, model_config_of  # noqa: E402
 from cordaseg.models.corda import (  # noqa: E402
-    OUTPUT_NAMES,
     CordaNet,
     ModelConfig,
     build_model,
     param_groups,
     reference_multiplicity,
 )
+from cordaseg.models.output import OUTPUT_NAMES  # noqa: E402
 from cordaseg.models.transformer_backbones import DINOV2_VARIANTS, MIT_VARIANTS, evenly_spaced_layers  # noqa: E402
 
 # One tiny configuration per backbone family; no stochastic layers, so gradients are exact.

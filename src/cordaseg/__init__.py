@@ -10,7 +10,8 @@ The small public API::
 from cordaseg.config import ConfigError
 from cordaseg.errors import CheckpointError, CordasegError, DataError
 from cordaseg.models.checkpoint import convert_file, load_init_weights, load_model
-from cordaseg.models.corda import CordaNet, CordaOutput, ModelConfig, build_model, param_groups
+from cordaseg.models.corda import CordaNet, ModelConfig, build_model, param_groups
+from cordaseg.models.output import CordaOutput
 
 __version__ = "0.1.0"
 

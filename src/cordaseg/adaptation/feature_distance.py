@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cordaseg.adaptation.losses import at_least_float32
 from cordaseg.errors import CordasegError
+from cordaseg.models.output import at_least_float32
 from cordaseg.runtime.distributed import unwrap
 
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Losses run in float32 even when the network ran in bf16/fp16 autocast; float64 stays."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+from cordaseg.models.output import at_least_float32
 
 
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int) -> torch.Tensor:

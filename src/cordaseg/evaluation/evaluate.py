@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cordaseg.config import ConfigError
 from cordaseg.data.labels import CLASS_NAMES, NUM_CLASSES, PROTOCOLS
 from cordaseg.data.normalization import to_display_rgb
-from cordaseg.evaluation.inference import SEMANTIC, InferenceConfig, infer, model_callable, resize_bilinear
+from cordaseg.evaluation.inference import InferenceConfig, infer, model_callable
 from cordaseg.evaluation.metrics import (
     DEFAULT_DEPTH_BINS,
     ConfusionMatrix,
@@ -40,6 +40,7 @@ from cordaseg.evaluation.metrics import (
     depth_bin_scores,
     segmentation_scores,
 )
+from cordaseg.models.output import SEMANTIC, upsample
 from cordaseg.runtime.distributed import all_reduce_sum, rank_and_world_size
 
 
@@ -291,7 +292,7 @@ def evaluate_segmentation(
                     if head == SEMANTIC:
                         continue
                     meter = depth_meters.setdefault(head, DepthMeter(device))
-                    meter.update(resize_bilinear(value, tuple(depth_target.shape[-2:]))[:, 0], depth_target)
+                    meter.update(upsample(value, tuple(depth_target.shape[-2:]))[:, 0], depth_target)
 
             for i in range(min(image.shape[0], keep_samples - len(samples))):
                 depth = outputs.get("depth")

@@ -1,7 +1,8 @@
 """Test-time inference shared by ``evaluate`` and ``predict`` (spec section 4 and beyond).
 
-The paper's protocol is one forward pass on the resized image, with each head's 1/8-resolution
-output upsampled bilinearly (``align_corners=True``) straight to the size it is scored at.
+The paper's protocol is one forward pass on the resized image, with each head's output upsampled
+bilinearly (``align_corners=True``, :func:`cordaseg.models.output.upsample`, the upsampling of the
+training step too) straight to the size it is scored at.
 Optional, off by default: sliding-window inference (overlapping crops, outputs averaged where
 they overlap) and multi-scale + horizontal-flip test-time augmentation (the outputs of every
 pass are brought back to the input size and averaged: logits for the semantic head, values
@@ -18,16 +19,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cordaseg.config import ConfigError
+from cordaseg.models.output import DEPTH_NAMES, SEMANTIC, upsample
 
 HeadOutputs = dict[str, torch.Tensor]
 ModelFn = Callable[[torch.Tensor], HeadOutputs]
 
-SEMANTIC = "semantic"
-DEPTH_HEADS = ("depth", "depth_initial", "depth_source", "depth_source_initial")
 
 
 @dataclass
@@ -61,19 +60,12 @@ class InferenceConfig:
         return tuple(self.scales) == (1.0,) and not self.flip and not self.sliding_window
 
 
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, K, h, w) -> (B, K, *size), bilinear with align_corners=True (the reference's choice)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
-
 def model_callable(model: nn.Module, precision: str = "fp32", heads: Iterable[str] | None = None) -> ModelFn:
     """Wrap a CordaNet into a model callable returning float32 outputs of the heads it has.
 
     ``heads`` limits the outputs (default: the semantic head and every depth head).
     """
-    wanted = (SEMANTIC, *DEPTH_HEADS) if heads is None else tuple(heads)
+    wanted = (SEMANTIC, *DEPTH_NAMES) if heads is None else tuple(heads)
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision: {precision!r} is not one of 'fp32', 'bf16'")
 
@@ -109,7 +101,7 @@ def sliding_window(fn: ModelFn, image: torch.Tensor, window: tuple[int, int], st
         for left in _window_starts(width, win_w, stride[0]):
             crop = image[:, :, top : top + win_h, left : left + win_w]
             for name, value in fn(crop).items():
-                value = resize_bilinear(value, (win_h, win_w))  # (B, K, win_h, win_w)
+                value = upsample(value, (win_h, win_w))  # (B, K, win_h, win_w)
                 if name not in sums:
                     sums[name] = value.new_zeros(value.shape[0], value.shape[1], height, width)
                 sums[name][:, :, top : top + win_h, left : left + win_w] += value
@@ -125,7 +117,7 @@ def infer(fn: ModelFn, image: torch.Tensor, config: InferenceConfig, out_size: t
     input size, the passes are averaged, and the average is resized to ``out_size``.
     """
     if config.is_plain:
-        return {name: resize_bilinear(value, out_size) for name, value in fn(image).items()}
+        return {name: upsample(value, out_size) for name, value in fn(image).items()}
     in_size = tuple(image.shape[-2:])
     totals: HeadOutputs = {}
     passes = 0
@@ -134,7 +126,7 @@ def infer(fn: ModelFn, image: torch.Tensor, config: InferenceConfig, out_size: t
             scaled = image
         else:
             scaled_size = (max(1, round(in_size[0] * scale)), max(1, round(in_size[1] * scale)))
-            scaled = resize_bilinear(image, scaled_size)
+            scaled = upsample(image, scaled_size)
         for flipped in (False, True) if config.flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             if config.sliding_window:
@@ -142,9 +134,9 @@ def infer(fn: ModelFn, image: torch.Tensor, config: InferenceConfig, out_size: t
             else:
                 outputs = fn(x)
             for name, value in outputs.items():
-                value = resize_bilinear(value, in_size)  # (B, K, H, W)
+                value = upsample(value, in_size)  # (B, K, H, W)
                 if flipped:
                     value = value.flip(-1)
                 totals[name] = totals[name] + value if name in totals else value
             passes += 1
-    return {name: resize_bilinear(total / passes, out_size) for name, total in totals.items()}
+    return {name: upsample(total / passes, out_size) for name, total in totals.items()}

@@ -39,8 +39,9 @@ from cordaseg.data import formats, transforms
 from cordaseg.data.labels import TRAIN_TO_CITYSCAPES_ID, colorize
 from cordaseg.data.normalization import CAFFE_MEAN_BGR, normalize_rgb
 from cordaseg.errors import DataError
-from cordaseg.evaluation.inference import SEMANTIC, InferenceConfig, infer, model_callable, resize_bilinear
+from cordaseg.evaluation.inference import InferenceConfig, infer, model_callable
 from cordaseg.evaluation.report import colorize_depth, overlay
+from cordaseg.models.output import SEMANTIC, upsample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_KINDS = ("color", "depth", "overlay", "labelIds", "logits")
@@ -175,14 +176,14 @@ def predict_image(model: nn.Module, image_bgr: np.ndarray, config: PredictConfig
     if config.inference.is_plain:
         # the paper's protocol: 1/8-resolution outputs upsampled straight to the file size
         outputs = run(image)
-        logits = resize_bilinear(outputs[SEMANTIC], in_size) if config.write_logits else outputs[SEMANTIC]
+        logits = upsample(outputs[SEMANTIC], in_size) if config.write_logits else outputs[SEMANTIC]
     else:
         outputs = infer(run, image, config.inference, in_size)
         logits = outputs[SEMANTIC]
     depth = outputs.get("depth")
     return Prediction(
         train_ids=upsampled_argmax(outputs[SEMANTIC], out_size, config.strip_rows).cpu().numpy(),
-        depth=None if depth is None else resize_bilinear(depth, out_size)[0, 0].cpu().numpy(),
+        depth=None if depth is None else upsample(depth, out_size)[0, 0].cpu().numpy(),
         logits=logits[0].cpu().numpy(),
     )
 

@@ -43,7 +43,6 @@ transformers (their last level); DAFormer decoder 4 (the size of the first level
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +51,7 @@ from torch import nn
 
 from cordaseg.models.backbone import Bottleneck, DeepLabResNet, _init_conv_bn
 from cordaseg.models.daformer import DAFormerDecoder, PixelClassifier
+from cordaseg.models.output import CordaOutput
 from cordaseg.models.transformer_backbones import build_transformer_backbone, load_pretrained
 from cordaseg.runtime.distributed import unwrap
 
@@ -138,35 +138,6 @@ class ModelConfig:
     def has_depth_discrepancy(self) -> bool:
         """Both depth decoders exist, so the depth-based adaptation difficulty can be computed."""
         return self.arch == "corda"
-
-
-OUTPUT_NAMES = ("semantic", "semantic_initial", "depth", "depth_initial", "depth_source", "depth_source_initial")
-
-
-@dataclass
-class CordaOutput:
-    """Predictions at the model's output stride (:attr:`CordaNet.output_stride`: 8 for the
-    DeepLab ResNet model, 4 with the DAFormer decoder): logits (B, C, h, w) and depth maps
-    (B, 1, h, w).
-
-    ``depth`` is the "target" decoder D, ``depth_source`` the "source" decoder D_src; a field is
-    None where the variant has no such output.
-    """
-
-    semantic: torch.Tensor
-    semantic_initial: torch.Tensor | None = None
-    depth: torch.Tensor | None = None
-    depth_initial: torch.Tensor | None = None
-    depth_source: torch.Tensor | None = None
-    depth_source_initial: torch.Tensor | None = None
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> CordaOutput:
-        """Apply ``fn`` to every present output (e.g. upsampling to the crop size)."""
-        return CordaOutput(**{k: (None if v is None else fn(v)) for k, v in self.items()})
-
-    def items(self) -> Iterator[tuple[str, torch.Tensor | None]]:
-        for f in dataclasses.fields(self):
-            yield f.name, getattr(self, f.name)
 
 
 class ASPPClassifier(nn.Module):

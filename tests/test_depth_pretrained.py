@@ -1,5 +1,5 @@
 """Depth from a pretrained transformers model: loading, each encoding through the dataset loader,
-scale-and-shift alignment (fixed, median, stereo), resuming, and comparing trees."""
+scale-and-shift alignment (fixed, median, stereo, camera height), resuming, and comparing trees."""
 
 from __future__ import annotations
 
@@ -17,13 +17,21 @@ from cordaseg.depth.evaluate import compare_depth_trees
 from cordaseg.depth.export import (
     export_jobs,
     export_pretrained_depth,
+    frame_ground_alignment,
     inverse_depth_value,
     link_tree,
     read_depth_file,
     read_depth_m,
+    read_ground_camera,
     run_export,
+    state_path,
 )
-from cordaseg.depth.pretrained import import_transformers, load_pretrained_depth, model_output_kind
+from cordaseg.depth.pretrained import (
+    PretrainedDepthModel,
+    import_transformers,
+    load_pretrained_depth,
+    model_output_kind,
+)
 from cordaseg.errors import CordasegError
 
 transformers = pytest.importorskip("transformers")
@@ -275,6 +283,49 @@ def test_stereo_alignment_recovers_metric_depth(trees, tmp_path):
     assert np.median(np.abs(inverse[matched] / true_inverse[matched] - 1)) < 0.05
     comparison = compare_depth_trees(out, tree, "stereo-mat", frames=0)
     assert comparison.errors["none"].summary()["abs_rel"] < 0.05
+
+
+def test_camera_height_alignment_from_the_command_line(models, trees, tmp_path, monkeypatch, capsys):
+    """``--align camera-height`` on a Cityscapes tree with the tiny model; the .mat files read back
+    through the dataset loader. The random model sees no road, so the disparity of one (affine in
+    the inverse depth of the road under the tree's camera files) is added to its output."""
+    data = trees / "cityscapes"
+    out = link_tree(data, tmp_path / "out")
+    jobs = export_jobs(data, "stereo-mat", out)
+    cameras = {job.image.name: read_ground_camera(job.camera, SIZE[::-1]) for job in jobs}  # extrinsic.z of the files
+    road = next(iter(cameras.values())).inverse_depth(SIZE[1])  # the frames share one camera
+    road_disparity = np.where(road > 0, (road - 0.004) / 0.002, 0.0)[:, None]
+    original = PretrainedDepthModel.predict
+
+    def predict_with_road(self, inputs, shapes):
+        return [raw + road_disparity for raw in original(self, inputs, shapes)]
+
+    monkeypatch.setattr(PretrainedDepthModel, "predict", predict_with_road)
+    assert main(["depth", "export", "--model", str(models / "relative"), "--data", str(data), "--out", str(out),
+                 "--format", "stereo-mat", "--align", "camera-height", "--batch-size", "1", "--device", "cpu",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 stereo-mat files" in printed and "camera-height fit per frame (each camera file's height" in printed
+    fallback = Alignment(**__import__("json").loads(state_path(out, "stereo-mat", "train").read_text())["alignment"])
+    assert fallback.kind == "disparity" and fallback.scale > 0
+    records = find_samples(DatasetConfig(format="cityscapes", root=str(out), depth="stereo", resize_scale=1.0,
+                                         crop=None))
+    assert len(records) == 3
+    raws = _raw_predictions(models / "relative", [r.image for r in records])
+    for record, raw in zip(records, raws):
+        alignment = frame_ground_alignment(raw, cameras[record.image.name]) or fallback
+        expected = inverse_depth_value(np.clip(alignment.depth_m(raw), 0.1, FAR_DEPTH_M))
+        decoded = read_depth("stereo", record.depth)  # what `cordaseg train` reads
+        np.testing.assert_allclose(decoded, expected, rtol=1e-4)
+    # Misuse is one line: another dataset, or the height without the alignment that uses it.
+    err = _one_line_error(capsys, ["depth", "export", "--model", str(models / "relative"), "--data",
+                                   str(trees / "gta5"), "--format", "gta-disparity", "--align", "camera-height",
+                                   "--quiet"])
+    assert "--align camera-height needs a Cityscapes tree" in err
+    err = _one_line_error(capsys, ["depth", "export", "--model", str(models / "relative"), "--data", str(data),
+                                   "--out", str(tmp_path / "other"), "--format", "stereo-mat", "--camera-height", "1.2",
+                                   "--quiet"])
+    assert "--camera-height applies to --align camera-height only" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
-        for option, value in (("--output", args.output), ("--shift", args.shift)):
+        for option, value in (("--output", args.output), ("--shift", args.shift),
+                              ("--camera-height", args.camera_height), ("--ground-band", args.ground_band),
+                              ("--ground-margin", args.ground_margin)):
             if value is not None:
                 raise CordasegError(f"{option} applies to --model only")
         if args.align != "auto":
@@ -48,7 +50,8 @@ def _export(args: argparse.Namespace) -> int:
             args.model, args.data, args.format, out_root=args.out, split=args.split, output=args.output,
             align=args.align, scale=args.scale, shift=args.shift, size=args.size, median_depth_m=args.median_depth,
             max_valid_depth=args.max_valid_depth, batch_size=args.batch_size, workers=args.workers,
-            device=args.device, progress=not args.quiet)
+            device=args.device, progress=not args.quiet, camera_height=args.camera_height,
+            ground_band=args.ground_band, ground_margin=args.ground_margin)
     kind = "metric" if summary.metric else "scale-free"
     resumed = f", {summary.skipped} already written by an interrupted run" if summary.skipped else ""
     print(f"wrote {summary.files - summary.skipped} {args.format} files under {summary.out_root}{resumed} "
@@ -110,9 +113,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--output", choices=("relative", "metric"), default=None,
                         help="--model: what the model predicts, relative disparity or metric depth (default: "
                              "from its config)")
-    export.add_argument("--align", choices=("auto", "median", "stereo"), default="auto",
-                        help="--model, relative output: median rule (scale-free, default for the disparity PNGs) "
-                             "or a per-frame fit to Cityscapes stereo (default for stereo-mat)")
+    export.add_argument("--align", choices=("auto", "median", "stereo", "camera-height"), default="auto",
+                        help="--model, relative output: median rule (scale-free, default for the disparity PNGs), "
+                             "a per-frame fit to Cityscapes stereo (default for stereo-mat) or a per-frame fit to "
+                             "the flat road seen from the camera's height (Cityscapes camera/*.json)")
+    export.add_argument("--camera-height", type=float, default=None, metavar="METRES",
+                        help="--align camera-height: the camera's height above the road (default: each camera "
+                             "file's extrinsic.z; Cityscapes: about 1.22)")
+    export.add_argument("--ground-band", type=float, default=None, metavar="FRACTION",
+                        help="--align camera-height: height of the road region fitted, a fraction of the image "
+                             "rows above the bottom margin (default 0.25; central half of the columns)")
+    export.add_argument("--ground-margin", type=float, default=None, metavar="FRACTION",
+                        help="--align camera-height: bottom rows left out, a fraction of the image height, e.g. "
+                             "the ego vehicle's bonnet (default 0; Cityscapes: about 0.2)")
     export.add_argument("--scale", type=float, default=None,
                         help="depth output: multiply depth by this (default: 1 for metric sources; median rule "
                              "for monocular checkpoints); relative disparity p: 1/Z = scale * p + shift")

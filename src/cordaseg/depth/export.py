@@ -32,7 +32,7 @@ Scale (:class:`cordaseg.depth.align.Alignment` turns raw output into metres):
   adaptation-difficulty weight ``|D_src - D| / d`` is a ratio; the factor only has to keep the
   values inside the 16-bit range, which the median rule does.
 - A relative pretrained model predicts disparity ``p`` with unknown scale and shift
-  (``1 / Z = scale * p + shift``). Three ways to fix them: ``scale`` / ``shift`` given; the
+  (``1 / Z = scale * p + shift``). Four ways to fix them: ``scale`` / ``shift`` given; the
   *median rule* (``align="median"``, the default for the scale-free disparity PNGs): shift 0
   (the disparity is taken as proportional to inverse depth) and the scale chosen as for a
   monocular checkpoint, so that the median of ``1 / p`` over the first frames is
@@ -40,8 +40,14 @@ Scale (:class:`cordaseg.depth.align.Alignment` turns raw output into metres):
   ``synthia-depth``, which store metres): each Cityscapes frame's scale and shift are fitted by
   least squares to the inverse depth a stereo matcher measures on its ``rightImg8bit`` partner
   (:func:`cordaseg.depth.align.stereo_inverse_depth`), falling back to one fit over the first
-  frames where a frame has too few confident matches. Disparity at or below zero (the sky)
-  becomes the farthest depth every encoding keeps valid, 655.34 m.
+  frames where a frame has too few confident matches; *camera height* (``align="camera-height"``,
+  Cityscapes trees): each frame's scale and shift are fitted to the inverse depth of a flat road
+  seen from the camera's height and pitch (:class:`cordaseg.depth.align.GroundCamera`, with
+  ``fy``, ``v0`` and ``extrinsic.pitch`` of its ``camera/*.json``) over the lower middle of the
+  image (:func:`cordaseg.depth.align.ground_region`), by a trimmed fit
+  (:func:`cordaseg.depth.align.fit_ground_scale_shift`), falling back to one fit over the first
+  frames where too few ground pixels agree with the frame's own fit. Disparity at or below zero
+  (the sky) becomes the farthest depth every encoding keeps valid, 655.34 m.
 
 Every pixel the network sees gets a valid value (the network predicts finite depth even for the
 sky; the mono downloads of the paper do the same). ``max_valid_depth`` marks farther pixels invalid.
@@ -71,9 +77,16 @@ from tqdm import tqdm
 
 from cordaseg.data import formats
 from cordaseg.depth.align import (
+    GROUND_BAND,
+    MIN_GROUND_AGREEMENT,
     MIN_STEREO_FRACTION,
     Alignment,
+    GroundCamera,
+    fit_ground_scale_shift,
     fit_scale_shift,
+    ground_agreement,
+    ground_region,
+    ground_samples,
     stereo_inverse_depth,
 )
 from cordaseg.depth.trainer import load_depth_checkpoint
@@ -82,7 +95,7 @@ from cordaseg.runtime.device import resolve_device
 
 EXPORT_FORMATS = ("cityscapes-mono", "gta-disparity", "stereo-mat", "synthia-depth")
 METRIC_FORMATS = ("stereo-mat", "synthia-depth")  # encodings that store metres (or centimetres)
-ALIGN_MODES = ("auto", "median", "stereo")
+ALIGN_MODES = ("auto", "median", "stereo", "camera-height")
 DEFAULT_MEDIAN_DEPTH_M = 10.0
 CALIBRATION_FRAMES = 32
 # SYNTHIA centimetres: valid pixels in [10, 65534]; 65535 decodes to exactly the invalid 1.0.
@@ -274,15 +287,59 @@ class CheckpointPredictor:
         return [predict_depth_m(self.net, image, self.size, self.device) for image in inputs]
 
 
+@dataclass(frozen=True)
+class GroundOptions:
+    """Camera-height alignment: the height above the road (metres; None: each camera file's
+    ``extrinsic.z``) and the likely-ground region (:func:`cordaseg.depth.align.ground_region`)."""
+
+    camera_height: float | None = None
+    band: float = GROUND_BAND
+    margin: float = 0.0
+
+
+def read_ground_camera(path: str | Path, shape: tuple[int, int], camera_height: float | None = None) -> GroundCamera:
+    """The :class:`~cordaseg.depth.align.GroundCamera` of a Cityscapes ``*_camera.json`` for its
+    stored image of ``shape`` (H, W): ``intrinsic.fy`` and ``intrinsic.v0`` in pixels of that image,
+    ``extrinsic.pitch`` (0 when absent) and the height ``camera_height``, else ``extrinsic.z``."""
+    path = Path(path)
+    try:
+        camera = json.loads(path.read_text())
+        fy, v0 = float(camera["intrinsic"]["fy"]), float(camera["intrinsic"]["v0"])
+        extrinsic = camera.get("extrinsic") or {}
+        pitch = float(extrinsic.get("pitch", 0.0))
+        z = extrinsic.get("z")
+        if camera_height is not None:
+            height = float(camera_height)
+        else:
+            height = None if z is None else float(z)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: camera file not found (--align camera-height reads fy, v0 and pitch there)") from err
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: not a Cityscapes camera file (missing or bad {err})") from err
+    if height is None:
+        raise CordasegError(f"{path}: no camera height (extrinsic.z); pass --camera-height METRES "
+                            "(Cityscapes: about 1.22)")
+    rows = shape[0]
+    if not -0.5 <= v0 <= rows - 0.5:
+        raise DataError(f"{path}: the principal row v0={v0:g} lies outside the {rows}-row image; its intrinsics "
+                        "must be in pixels of the stored image")
+    try:
+        return GroundCamera(fy, v0, height, pitch, rows)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from err
+
+
 @dataclass
 class _Prepared:
     job: ExportJob
     inputs: Any
     shape: tuple[int, int]  # (H, W) of the stored image
     stereo: tuple[np.ndarray, np.ndarray] | None  # (inverse depth 1/m, confident) from the stereo pair
+    ground: GroundCamera | None = None  # the camera over the road (camera-height alignment)
 
 
-def _prepare(predictor: DepthPredictor, job: ExportJob, with_stereo: bool) -> _Prepared:
+def _prepare(predictor: DepthPredictor, job: ExportJob, with_stereo: bool,
+             ground: GroundOptions | None = None) -> _Prepared:
     rgb = formats.read_image_rgb(job.image)
     stereo = None
     if with_stereo:
@@ -290,11 +347,16 @@ def _prepare(predictor: DepthPredictor, job: ExportJob, with_stereo: bool) -> _P
             raise DataError(f"{job.image}: stereo alignment needs a Cityscapes tree (rightImg8bit/ and camera/)")
         camera = formats.read_camera_json(job.camera)
         stereo = stereo_inverse_depth(rgb, formats.read_image_rgb(job.right), camera["fx"], camera["baseline"])
-    return _Prepared(job, predictor.prepare(rgb), rgb.shape[:2], stereo)
+    ground_camera = None
+    if ground is not None:
+        if job.camera is None:
+            raise DataError(f"{job.image}: camera-height alignment needs a Cityscapes tree (camera/)")
+        ground_camera = read_ground_camera(job.camera, rgb.shape[:2], ground.camera_height)
+    return _Prepared(job, predictor.prepare(rgb), rgb.shape[:2], stereo, ground_camera)
 
 
 def _prepared_batches(predictor: DepthPredictor, jobs: list[ExportJob], batch_size: int, workers: int,
-                      with_stereo: bool) -> Iterator[list[_Prepared]]:
+                      with_stereo: bool, ground: GroundOptions | None = None) -> Iterator[list[_Prepared]]:
     """Batches of prepared jobs in order, read ``workers`` at a time ahead of the model (0: in this
     thread); a batch holds up to ``batch_size`` images of one ``batch_key``."""
     batch: list[_Prepared] = []
@@ -309,7 +371,7 @@ def _prepared_batches(predictor: DepthPredictor, jobs: list[ExportJob], batch_si
 
     if workers <= 0:
         for job in jobs:
-            yield from add(_prepare(predictor, job, with_stereo))
+            yield from add(_prepare(predictor, job, with_stereo, ground))
     else:
         pending: deque[Future] = deque()
         remaining = iter(jobs)
@@ -320,7 +382,7 @@ def _prepared_batches(predictor: DepthPredictor, jobs: list[ExportJob], batch_si
                         job = next(remaining, None)
                         if job is None:
                             break
-                        pending.append(pool.submit(_prepare, predictor, job, with_stereo))
+                        pending.append(pool.submit(_prepare, predictor, job, with_stereo, ground))
                     if not pending:
                         break
                     yield from add(pending.popleft().result())
@@ -332,8 +394,9 @@ def _prepared_batches(predictor: DepthPredictor, jobs: list[ExportJob], batch_si
 
 
 def _frames_for_calibration(predictor: DepthPredictor, jobs: list[ExportJob], batch_size: int, workers: int,
-                            with_stereo: bool) -> Iterator[tuple[np.ndarray, _Prepared]]:
-    for batch in _prepared_batches(predictor, jobs[:CALIBRATION_FRAMES], batch_size, workers, with_stereo):
+                            with_stereo: bool, ground: GroundOptions | None = None
+                            ) -> Iterator[tuple[np.ndarray, _Prepared]]:
+    for batch in _prepared_batches(predictor, jobs[:CALIBRATION_FRAMES], batch_size, workers, with_stereo, ground):
         yield from zip(predictor.predict([p.inputs for p in batch], [p.shape for p in batch]), batch)
 
 
@@ -350,6 +413,40 @@ def frame_stereo_alignment(raw: np.ndarray, stereo: tuple[np.ndarray, np.ndarray
     return Alignment("disparity", scale, shift) if scale > 0 else None
 
 
+def frame_ground_alignment(raw: np.ndarray, camera: GroundCamera, band: float = GROUND_BAND,
+                           margin: float = 0.0) -> Alignment | None:
+    """The scale and shift of one frame's relative disparity fitted to the road's inverse depth
+    under ``camera``, or None when fewer than ``MIN_GROUND_AGREEMENT`` of its ground pixels agree
+    with the fit (a vehicle close ahead, a slope) or the fit is not increasing in disparity."""
+    samples = ground_samples(raw, camera, band, margin)
+    try:
+        scale, shift = fit_ground_scale_shift([samples])
+    except ValueError:
+        return None
+    if not scale > 0 or ground_agreement(samples, scale, shift) < MIN_GROUND_AGREEMENT:
+        return None
+    return Alignment("disparity", scale, shift)
+
+
+def _ground_options(align: str, camera_height: float | None, band: float | None,
+                    margin: float | None) -> GroundOptions | None:
+    """The camera-height options of an export, checked (None unless ``align`` is camera-height)."""
+    given = [name for name, value in (("--camera-height", camera_height), ("--ground-band", band),
+                                      ("--ground-margin", margin)) if value is not None]
+    if align != "camera-height":
+        if given:
+            raise CordasegError(f"{given[0]} applies to --align camera-height only")
+        return None
+    if camera_height is not None and not (np.isfinite(camera_height) and camera_height > 0):
+        raise CordasegError(f"--camera-height: {camera_height} must be positive metres")
+    options = GroundOptions(camera_height, GROUND_BAND if band is None else band, 0.0 if margin is None else margin)
+    try:
+        ground_region((100, 100), options.band, options.margin)
+    except ValueError as err:
+        raise CordasegError(f"--ground-band {options.band:g} / --ground-margin {options.margin:g}: {err}") from err
+    return options
+
+
 @dataclass
 class _Plan:
     """The alignment an export uses, as recorded in its state file."""
@@ -358,14 +455,16 @@ class _Plan:
     description: str
     metric: bool
     per_frame_stereo: bool = False
+    per_frame_ground: bool = False
 
 
 def _plan_alignment(kind: str, fmt: str, align: str, scale: float | None, shift: float | None,
-                    median_depth_m: float, calibrate: Callable[[bool], Iterator[tuple[np.ndarray, _Prepared]]]
-                    ) -> _Plan:
+                    median_depth_m: float,
+                    calibrate: Callable[[bool, GroundOptions | None], Iterator[tuple[np.ndarray, _Prepared]]],
+                    ground: GroundOptions | None = None) -> _Plan:
     """How raw output of ``kind`` ("metric", "scale-free" depth or "relative" disparity) becomes
-    metres in ``fmt`` (see the module docstring); ``calibrate(with_stereo)`` yields the raw output
-    of the first frames."""
+    metres in ``fmt`` (see the module docstring); ``calibrate(with_stereo, ground)`` yields the raw
+    output of the first frames (prepared with stereo inverse depth, or with their ground camera)."""
     if align not in ALIGN_MODES:
         raise CordasegError(f"--align: {align!r} is not one of {', '.join(ALIGN_MODES)}")
     if scale is not None and not (np.isfinite(scale) and scale > 0):
@@ -380,10 +479,12 @@ def _plan_alignment(kind: str, fmt: str, align: str, scale: float | None, shift:
         if kind == "metric" or scale is not None:
             value = 1.0 if scale is None else scale
             return _Plan(Alignment("depth", value), f"depth times {value:.4g}", kind == "metric")
-        medians = [np.median(raw) for raw, _ in calibrate(False)]
+        medians = [np.median(raw) for raw, _ in calibrate(False, None)]
         value = median_depth_m / float(np.median(medians))
         return _Plan(Alignment("depth", value), f"scale-free depth times {value:.4g} (median {median_depth_m:g} m)",
                      False)
+    if align == "camera-height":
+        return _plan_ground_alignment(fmt, scale, shift, calibrate, ground or GroundOptions())
     if scale is not None:
         alignment = Alignment("disparity", scale, 0.0 if shift is None else shift)
         return _Plan(alignment, f"1/Z = {alignment.scale:.4g} * disparity + {alignment.shift:.4g}", True)
@@ -395,7 +496,7 @@ def _plan_alignment(kind: str, fmt: str, align: str, scale: float | None, shift:
                                 "dataset without stereo pairs: relative disparity needs --scale (and --shift)"
                                 + (" or --align median" if fmt == "gta-disparity" else ""))
         predicted, target = [], []
-        for raw, prepared in calibrate(True):
+        for raw, prepared in calibrate(True, None):
             inverse, confident = prepared.stereo
             index = np.flatnonzero(confident)[:: max(1, int(confident.sum()) // POOLED_FIT_PIXELS)]
             predicted.append(raw.ravel()[index])
@@ -410,13 +511,40 @@ def _plan_alignment(kind: str, fmt: str, align: str, scale: float | None, shift:
         return _Plan(Alignment("disparity", value, offset),
                      f"stereo fit per frame (fallback 1/Z = {value:.4g} * disparity + {offset:.4g})", True, True)
     medians = []
-    for raw, _ in calibrate(False):
+    for raw, _ in calibrate(False, None):
         positive = raw[raw > 0]
         medians.append(float(np.median(1.0 / positive)) if positive.size else np.nan)
     if not np.any(np.isfinite(medians)):
         raise CordasegError("median rule: the model predicts no positive disparity on the first frames")
     value = float(np.nanmedian(medians)) / median_depth_m  # 1 / Z = value * p puts the median at median_depth_m
     return _Plan(Alignment("disparity", value), f"1/Z = {value:.4g} * disparity (median {median_depth_m:g} m)", False)
+
+
+def _plan_ground_alignment(fmt: str, scale: float | None, shift: float | None,
+                           calibrate: Callable[[bool, GroundOptions | None], Iterator[tuple[np.ndarray, _Prepared]]],
+                           ground: GroundOptions) -> _Plan:
+    """Camera-height alignment: a fit per frame, and one pooled over the first frames for the
+    frames whose own fit fails."""
+    if scale is not None or shift is not None:
+        raise CordasegError("--align camera-height fits the scale and shift itself; drop --scale / --shift")
+    if fmt in ("gta-disparity", "synthia-depth"):
+        raise CordasegError(f"--align camera-height needs a Cityscapes tree (camera/*.json); {fmt} reads a "
+                            f"{'GTA5' if fmt == 'gta-disparity' else 'SYNTHIA'} tree")
+    samples = [ground_samples(raw, prepared.ground, ground.band, ground.margin, max_pixels=POOLED_FIT_PIXELS)
+               for raw, prepared in calibrate(False, ground)]
+    try:
+        value, offset = fit_ground_scale_shift(samples)
+    except ValueError as err:
+        raise CordasegError(f"camera-height alignment failed on the first {CALIBRATION_FRAMES} frames ({err}; "
+                            "check --ground-band / --ground-margin and the camera files' v0 and pitch)") from err
+    if not value > 0:
+        raise CordasegError(f"camera-height alignment failed: the fitted scale {value:.4g} is not positive (the "
+                            "model's output does not grow toward the bottom of the image; is it depth, --output "
+                            "metric?)")
+    height = "each camera file's height" if ground.camera_height is None else f"camera {ground.camera_height:g} m"
+    return _Plan(Alignment("disparity", value, offset),
+                 f"camera-height fit per frame ({height} over the road; fallback 1/Z = {value:.4g} * disparity + "
+                 f"{offset:.4g})", True, per_frame_ground=True)
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
@@ -449,37 +577,52 @@ def run_export(predictor: DepthPredictor, kind: str, jobs: list[ExportJob], fmt:
                split: str, identity: dict[str, Any], *, align: str = "auto", scale: float | None = None,
                shift: float | None = None, median_depth_m: float = DEFAULT_MEDIAN_DEPTH_M,
                max_valid_depth: float | None = None, batch_size: int = 1, workers: int = 0,
-               progress: bool = True) -> ExportSummary:
+               progress: bool = True, camera_height: float | None = None, ground_band: float | None = None,
+               ground_margin: float | None = None) -> ExportSummary:
     """Write the depth file of every job from ``predictor``'s raw output of ``kind`` (see
     :func:`_plan_alignment`), skipping files an interrupted run of the same export (``identity``
-    plus the options) already wrote."""
+    plus the options) already wrote. ``camera_height``, ``ground_band`` and ``ground_margin`` apply
+    to ``align="camera-height"`` (:class:`GroundOptions`; None: its defaults)."""
     if batch_size < 1:
         raise CordasegError(f"--batch-size: {batch_size} must be at least 1")
+    if align not in ALIGN_MODES:
+        raise CordasegError(f"--align: {align!r} is not one of {', '.join(ALIGN_MODES)}")
+    ground = _ground_options(align, camera_height, ground_band, ground_margin)
     options = {"format": fmt, "split": split, "kind": kind, "align": align, "scale": scale, "shift": shift,
                "median_depth_m": median_depth_m, "max_valid_depth": max_valid_depth}
+    if ground is not None:
+        options["ground"] = asdict(ground)
     identity = json.loads(json.dumps({**identity, **options}))  # as a JSON round trip reads it back
     path = state_path(out_root, fmt, split)
     state = _read_state(path)
     resume = state is not None and state.get("identity") == identity
     if resume:
         plan = _Plan(Alignment(**state["alignment"]), state["description"], state["metric"],
-                     state["per_frame_stereo"])
+                     state["per_frame_stereo"], bool(state.get("per_frame_ground", False)))
     else:
-        plan = _plan_alignment(kind, fmt, align, scale, shift, median_depth_m,
-                               lambda stereo: _frames_for_calibration(predictor, jobs, batch_size, workers, stereo))
+        plan = _plan_alignment(
+            kind, fmt, align, scale, shift, median_depth_m,
+            lambda stereo, on_ground: _frames_for_calibration(predictor, jobs, batch_size, workers, stereo, on_ground),
+            ground)
         _write_state(path, {"identity": identity, "alignment": asdict(plan.alignment), "description": plan.description,
-                            "metric": plan.metric, "per_frame_stereo": plan.per_frame_stereo})
+                            "metric": plan.metric, "per_frame_stereo": plan.per_frame_stereo,
+                            "per_frame_ground": plan.per_frame_ground})
     todo = [job for job in jobs if not (resume and job.output.is_file())]
     near = {"stereo-mat": 0.0, "synthia-depth": SYNTHIA_MIN_CM / 100.0}.get(fmt, PNG_NEAREST_M)
     saturated, pixels, own_fits = 0, 0, 0
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"exporting {fmt}", unit="frame",
               disable=not progress) as bar:
-        for batch in _prepared_batches(predictor, todo, batch_size, workers, plan.per_frame_stereo):
+        frame_ground = ground if plan.per_frame_ground else None
+        for batch in _prepared_batches(predictor, todo, batch_size, workers, plan.per_frame_stereo, frame_ground):
             raws = predictor.predict([p.inputs for p in batch], [p.shape for p in batch])
             for prepared, raw in zip(batch, raws):
                 alignment = plan.alignment
+                own = None
                 if prepared.stereo is not None:
                     own = frame_stereo_alignment(raw, prepared.stereo)
+                elif prepared.ground is not None and frame_ground is not None:
+                    own = frame_ground_alignment(raw, prepared.ground, frame_ground.band, frame_ground.margin)
+                if prepared.stereo is not None or prepared.ground is not None:
                     own_fits += own is not None
                     alignment = own or alignment
                 depth_m = alignment.depth_m(raw)
@@ -489,7 +632,7 @@ def run_export(predictor: DepthPredictor, kind: str, jobs: list[ExportJob], fmt:
                 pixels += depth_m.size
             bar.update(len(batch))
     description = plan.description
-    if plan.per_frame_stereo:
+    if plan.per_frame_stereo or plan.per_frame_ground:
         description += f"; own fit on {own_fits} of {len(todo)} frames"
     return ExportSummary(len(jobs), plan.alignment.scale, plan.metric, saturated / max(pixels, 1), out_root,
                          len(jobs) - len(todo), plan.alignment.shift, description)
@@ -521,9 +664,11 @@ def export_pretrained_depth(model_dir: str | Path, data_root: str | Path, fmt: s
                             shift: float | None = None, size: tuple[int, int] | None = None,
                             median_depth_m: float = DEFAULT_MEDIAN_DEPTH_M, max_valid_depth: float | None = None,
                             batch_size: int = 8, workers: int = 2, device: str = "auto",
-                            progress: bool = True) -> ExportSummary:
+                            progress: bool = True, camera_height: float | None = None,
+                            ground_band: float | None = None, ground_margin: float | None = None) -> ExportSummary:
     """Predict depth with the pretrained model in ``model_dir`` (:mod:`cordaseg.depth.pretrained`)
-    for every image of a tree and write it in ``fmt`` (see the module docstring for the scale)."""
+    for every image of a tree and write it in ``fmt`` (see the module docstring for the scale;
+    ``camera_height``, ``ground_band`` and ``ground_margin``: :func:`run_export`)."""
     from cordaseg.depth.pretrained import load_pretrained_depth
 
     _check_format(fmt)
@@ -534,7 +679,8 @@ def export_pretrained_depth(model_dir: str | Path, data_root: str | Path, fmt: s
                 "size": None if size is None else list(size)}
     return run_export(model, model.output, jobs, fmt, out, split, identity, align=align, scale=scale, shift=shift,
                       median_depth_m=median_depth_m, max_valid_depth=max_valid_depth, batch_size=batch_size,
-                      workers=workers, progress=progress)
+                      workers=workers, progress=progress, camera_height=camera_height, ground_band=ground_band,
+                      ground_margin=ground_margin)
 
 
 def link_tree(data_root: str | Path, out_root: str | Path, replace: tuple[str, ...] = ("depth", "disparity")) -> Path:

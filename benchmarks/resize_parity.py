@@ -25,13 +25,13 @@ import numpy as np
 from PIL import Image
 
 from cordaseg.data import formats, transforms
-from cordaseg.data.synth import inverse_depth_like, make_scene
+from cordaseg.data.synth import make_scene
 
 TARGET = (1280, 720)
 CROP = (512, 512)
 FORMATS = {
     # format: (frame size, depth filter, file encoding of the scene's depth, decoder, file value of 1.0)
-    "gta5": ((1914, 1052), "bilinear", lambda m: formats.encode_gta_disparity(inverse_depth_like(m)),
+    "gta5": ((1914, 1052), "bilinear", lambda m: formats.encode_gta_disparity(formats.depth_value_from_metres(m)),
              formats.decode_gta_disparity, 0),
     "synthia": ((1280, 760), "nearest",
                 lambda m: formats.encode_synthia_depth(np.where(np.isfinite(m), m, 1000.0)),

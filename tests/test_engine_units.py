@@ -120,3 +120,21 @@ def test_shipped_configs_load_and_state_their_command(name):
     if arch == "corda":
         assert cfg.adaptation.initial_head_until == (25001 if source == "gta5" else 0)
         assert cfg.model.initial_semantic == ("aspp" if source == "gta5" else "conv")
+
+
+def test_facts_have_one_home_and_older_configs_still_load():
+    # the ignore value, the invalid depth and the normalisation mean are the data package's
+    from cordaseg.adaptation import AdaptationConfig
+    from cordaseg.config import ConfigError
+    from cordaseg.data.normalization import CAFFE_MEAN_BGR
+    from cordaseg.engine.config import RETIRED_KEYS, check_sections, train_config_from_dict
+
+    assert not {key.split(".")[1] for key in RETIRED_KEYS} & set(AdaptationConfig.__dataclass_fields__)
+    old = {"adaptation": {"mean_bgr": list(CAFFE_MEAN_BGR), "ignore_index": 255, "invalid_depth": 1.0}}
+    assert train_config_from_dict(old).source.mean_bgr == CAFFE_MEAN_BGR  # a saved config of an older run
+    for key, value in (("ignore_index", 250), ("mean_bgr", [1.0, 2.0, 3.0]), ("invalid_depth", 0.0)):
+        with pytest.raises(ConfigError, match=rf"adaptation\.{key}"):
+            train_config_from_dict({"adaptation": {key: value}})
+    cfg = load_train_config(None, ["target={format: cityscapes, mean_bgr: [1, 2, 3]}"])
+    with pytest.raises(ConfigError, match=r"target\.mean_bgr.*source\.mean_bgr"):
+        check_sections(cfg)

@@ -12,7 +12,7 @@ from cordaseg.data import formats
 from cordaseg.data.labels import CITYSCAPES_ID_TO_TRAIN
 from cordaseg.errors import DataError
 from cordaseg.world import SOURCE, generate_world, render_frame, target_domain
-from cordaseg.world.export import MANIFEST, _frame_rng, inverse_depth
+from cordaseg.world.export import MANIFEST, _frame_rng
 from cordaseg.world.scene import SKY
 
 SIZE = (96, 48)
@@ -116,7 +116,7 @@ def test_world_command_writes_both_trees(tmp_path, capsys):
 
 
 def test_inverse_depth_marks_the_sky_invalid():
-    value = inverse_depth(np.array([np.inf, 10.0]))
+    value = formats.depth_value_from_metres(np.array([np.inf, 10.0]))
     assert value[0] == formats.INVALID_DEPTH
     assert value[1] == pytest.approx(655.36 / 10.01)
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cordaseg.config import ConfigError
-from cordaseg.data.labels import IGNORE_INDEX
-from cordaseg.data.normalization import CAFFE_MEAN_BGR
 
 
 @dataclass
@@ -122,14 +120,9 @@ class AdaptationConfig:
     """berHu switches from L1 to scaled L2 above this fraction of the largest error in the batch."""
     classmix_ignore_as_class: bool = True
     """ClassMix counts the ignore value as a class that can be pasted (the reference's behaviour)."""
-    ignore_index: int = IGNORE_INDEX
-    """Label value that marks unlabelled pixels; any label >= the number of classes is treated the same."""
-    invalid_depth: float = 1.0
-    """Depth value that marks invalid pixels (the loaders' convention, spec section 5)."""
-    mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
-    """Normalisation mean (BGR, 0..255 scale) that the jitter removes and restores."""
     ema_alpha: float = 0.999
-    """Largest EMA coefficient of the teacher; alpha_i = min(1 - 1 / (i + 1), ema_alpha)."""
+    """Largest EMA coefficient of the mean teacher; alpha_i = min(1 - 1 / (i + 1), ema_alpha). The
+    engine applies the update after every optimiser step (:func:`cordaseg.adaptation.ema.ema_update`)."""
     merged_student_pass: bool = False
     """Fast, non-reference option: one student pass over source and mixed images together.
     Batch-norm statistics are then shared by both halves, which changes the training dynamics."""
@@ -166,8 +159,6 @@ class AdaptationConfig:
                 raise ConfigError(f"adaptation.{name}: {getattr(self, name)} must be >= 0")
         if not 0.0 < self.berhu_threshold <= 1.0:
             raise ConfigError(f"adaptation.berhu_threshold: {self.berhu_threshold} must lie in (0, 1]")
-        if not 0 <= self.ignore_index <= 255:
-            raise ConfigError(f"adaptation.ignore_index: {self.ignore_index} must lie in [0, 255]")
         if not 0.0 <= self.ema_alpha < 1.0:
             raise ConfigError(f"adaptation.ema_alpha: {self.ema_alpha} must lie in [0, 1)")
         if self.feature_distance_weight < 0:

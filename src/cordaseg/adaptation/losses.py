@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cordaseg.data.formats import INVALID_DEPTH
 from cordaseg.models.output import at_least_float32
 
 
@@ -29,7 +30,7 @@ def weighted_cross_entropy(
 
 
 def berhu(
-    prediction: torch.Tensor, target: torch.Tensor, threshold: float = 0.2, invalid_depth: float = 1.0
+    prediction: torch.Tensor, target: torch.Tensor, threshold: float = 0.2, invalid_depth: float = INVALID_DEPTH
 ) -> torch.Tensor:
     """Reverse Huber loss over valid pixels (target != invalid_depth); prediction and target (B, H, W).
 

@@ -39,6 +39,8 @@ from cordaseg.adaptation.augment import strong_augment
 from cordaseg.adaptation.config import AdaptationConfig
 from cordaseg.adaptation.draws import StepDraws, draw_step_randomness
 from cordaseg.adaptation.losses import weighted_cross_entropy
+from cordaseg.data.labels import IGNORE_INDEX
+from cordaseg.data.normalization import CAFFE_MEAN_BGR
 
 
 @dataclass
@@ -74,11 +76,13 @@ def patch_mask(keep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(keep.to(torch.float32), size=size, mode="nearest")
 
 
-def masked_image(image: torch.Tensor, draws: MicDraws, cfg: AdaptationConfig) -> torch.Tensor:
-    """The (B, 3, H, W) normalised target, augmented (unless ``mic.augment`` is off) and patch-masked."""
+def masked_image(image: torch.Tensor, draws: MicDraws, cfg: AdaptationConfig,
+                 mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR) -> torch.Tensor:
+    """The (B, 3, H, W) target normalised with ``mean_bgr``, augmented (unless ``mic.augment`` is off)
+    and patch-masked."""
     with torch.autocast(device_type=image.device.type, enabled=False):
         if draws.augmentation is not None:
-            image = strong_augment(image, draws.augmentation, cfg.augmentation, cfg.mean_bgr)
+            image = strong_augment(image, draws.augmentation, cfg.augmentation, mean_bgr)
         return image * patch_mask(draws.keep, tuple(image.shape[-2:])).to(image.dtype)
 
 
@@ -89,6 +93,7 @@ def masked_image_consistency(
     pseudo_weight: torch.Tensor,
     draws: MicDraws,
     cfg: AdaptationConfig,
+    mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """L_MIC (unweighted), its named parts and the masked image.
 
@@ -96,13 +101,13 @@ def masked_image_consistency(
     ``semantic`` and ``semantic_initial``, logits (B, C, H, W)); ``pseudo_label`` (B, H, W) long and
     ``pseudo_weight`` (B, H, W) are the teacher's label and its weight on the unmasked target.
     """
-    image = masked_image(target_image, draws, cfg)
+    image = masked_image(target_image, draws, cfg, mean_bgr)
     prediction = predict(image)
     with torch.autocast(device_type=target_image.device.type, enabled=False):
         terms = {"mic_ce": weighted_cross_entropy(prediction.semantic, pseudo_label, pseudo_weight,
-                                                  cfg.ignore_index)}
+                                                  IGNORE_INDEX)}
         if getattr(prediction, "semantic_initial", None) is not None:
             terms["mic_ce_initial"] = weighted_cross_entropy(prediction.semantic_initial, pseudo_label,
-                                                             pseudo_weight, cfg.ignore_index)
+                                                             pseudo_weight, IGNORE_INDEX)
         total = sum(terms.values())
     return total, terms, image

@@ -34,6 +34,9 @@ from cordaseg.adaptation.mic import draw_mic, masked_image_consistency
 from cordaseg.adaptation.passes import launch_pseudo_labels, source_pass, student_passes
 from cordaseg.adaptation.pseudo_label_crop import crop_target_weight, target_pseudo_weight
 from cordaseg.adaptation.weights import confidence_fraction, confidence_weight, depth_weight, pixel_weight
+from cordaseg.data.formats import INVALID_DEPTH
+from cordaseg.data.labels import IGNORE_INDEX
+from cordaseg.data.normalization import CAFFE_MEAN_BGR
 from cordaseg.errors import CordasegError, DataError
 from cordaseg.models.output import CordaOutput
 
@@ -86,27 +89,28 @@ def source_loss(
     pred: CordaOutput, label: torch.Tensor, depth: torch.Tensor | None, cfg: AdaptationConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_src = CE(S, ys) + CE(S_init, ys) + w_d * (berHu(D_src_init, ds) + berHu(D_src, ds))."""
-    terms = {"source_ce": cross_entropy(pred.semantic, label, cfg.ignore_index)}
+    terms = {"source_ce": cross_entropy(pred.semantic, label, IGNORE_INDEX)}
     if pred.semantic_initial is not None:
-        terms["source_ce_initial"] = cross_entropy(pred.semantic_initial, label, cfg.ignore_index)
+        terms["source_ce_initial"] = cross_entropy(pred.semantic_initial, label, IGNORE_INDEX)
     total = sum(terms.values())
     if cfg.uses_depth and depth is not None:
         final, initial = _source_depth_pair(pred)
         for name, prediction in (("source_depth", final), ("source_depth_initial", initial)):
             if prediction is not None:
-                terms[name] = berhu(prediction, depth, cfg.berhu_threshold, cfg.invalid_depth)
+                terms[name] = berhu(prediction, depth, cfg.berhu_threshold, INVALID_DEPTH)
                 total = total + cfg.source_depth_weight * terms[name]
     return total, terms
 
 
 def mix_batch(label: torch.Tensor, source_image: torch.Tensor, target_image: torch.Tensor,
               source_depth: torch.Tensor | None, target_depth: torch.Tensor | None, draws: StepDraws,
-              cfg: AdaptationConfig) -> MixedBatch:
-    """Step 4: ClassMix (source pasted on target) and strong augmentation of the mixed image, in
-    the input precision even under the engine's autocast (the blur is a convolution)."""
+              cfg: AdaptationConfig, mean_bgr: tuple[float, float, float]) -> MixedBatch:
+    """Step 4: ClassMix (source pasted on target) and strong augmentation of the mixed image (whose
+    normalisation mean is ``mean_bgr``), in the input precision even under the engine's autocast
+    (the blur is a convolution)."""
     with torch.autocast(device_type=source_image.device.type, enabled=False):
-        mask = classmix_mask(label, draws.class_scores, cfg.ignore_index, cfg.classmix_ignore_as_class)  # (B, H, W)
-        image = strong_augment(mix(mask, source_image, target_image), draws, cfg.augmentation, cfg.mean_bgr)
+        mask = classmix_mask(label, draws.class_scores, IGNORE_INDEX, cfg.classmix_ignore_as_class)  # (B, H, W)
+        image = strong_augment(mix(mask, source_image, target_image), draws, cfg.augmentation, mean_bgr)
         depth = mix(mask, source_depth, target_depth) if cfg.uses_depth else None
     return MixedBatch(mask, image, depth)
 
@@ -122,7 +126,7 @@ def mixed_pixel_weight(pred_mix: CordaOutput, mixed: MixedBatch, fraction: torch
     depth_w = None
     if cfg.uses_depth and cfg.depth_weighting and pred_mix.depth_source is not None and pred_mix.depth is not None:
         depth_w = depth_weight(pred_mix.depth_source, pred_mix.depth, mixed.depth, cfg.depth_weight_floor,
-                               cfg.invalid_depth, cfg.depth_weight)
+                               INVALID_DEPTH, cfg.depth_weight)
     return pixel_weight(conf_w, depth_w), depth_w
 
 
@@ -130,10 +134,10 @@ def mixed_loss(pred_mix: CordaOutput, mixed_label: torch.Tensor, weight: torch.T
                cfg: AdaptationConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step 7: L_tgt = wCE(S, y_mix) + wCE(S_init, y_mix) + w_t * (berHu(mix(D_src, D), d_mix) +
     berHu(mix(D_src_init, D_init), d_mix))."""
-    terms = {"target_ce": weighted_cross_entropy(pred_mix.semantic, mixed_label, weight, cfg.ignore_index)}
+    terms = {"target_ce": weighted_cross_entropy(pred_mix.semantic, mixed_label, weight, IGNORE_INDEX)}
     if pred_mix.semantic_initial is not None:
         terms["target_ce_initial"] = weighted_cross_entropy(pred_mix.semantic_initial, mixed_label, weight,
-                                                            cfg.ignore_index)
+                                                            IGNORE_INDEX)
     total = sum(terms.values())
     if cfg.uses_depth:
         pairs = (
@@ -143,7 +147,7 @@ def mixed_loss(pred_mix: CordaOutput, mixed_label: torch.Tensor, weight: torch.T
         for name, from_source, from_target in pairs:
             prediction = _mixed_depth(mixed.mask, from_source, from_target)
             if prediction is not None:
-                terms[name] = berhu(prediction, mixed.depth, cfg.berhu_threshold, cfg.invalid_depth)
+                terms[name] = berhu(prediction, mixed.depth, cfg.berhu_threshold, INVALID_DEPTH)
                 total = total + cfg.target_depth_weight * terms[name]
     return total, terms
 
@@ -173,7 +177,7 @@ def source_only_step(student: nn.Module, source_image: torch.Tensor, source_labe
     """``method: source_only``: the source loss alone (step 2), no teacher and no target."""
     output, source_features = source_pass(student, source_image, cfg)
     pred_src = output.upsampled(tuple(source_image.shape[-2:]))
-    label = sanitize_label(source_label, pred_src.semantic.shape[1], cfg.ignore_index)
+    label = sanitize_label(source_label, pred_src.semantic.shape[1], IGNORE_INDEX)
     loss, terms = source_loss(pred_src, label, None, cfg)
     if cfg.feature_distance_weight:
         terms["feature_distance"] = _feature_distance(student, feature_reference, source_image, label, cfg,
@@ -219,6 +223,7 @@ def adaptation_step(
     draws: StepDraws | None = None,
     teacher_stream: bool = True,
     feature_reference: nn.Module | None = None,
+    mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR,
 ) -> StepOutput:
     """One iteration of docs/method.md, "Training step" (steps 2-8): the loss (with gradient) and its parts.
 
@@ -229,7 +234,9 @@ def adaptation_step(
     ``draws`` replaces the generator's draws (for tests that replay them). ``teacher_stream``:
     on CUDA, overlap the teacher's forward with the student's work on a second stream
     (:func:`~cordaseg.adaptation.passes.launch_pseudo_labels`). ``feature_reference``: the frozen
-    initial network of ``adaptation.feature_distance_weight``.
+    initial network of ``adaptation.feature_distance_weight``. ``mean_bgr``: the mean the images were
+    normalised with (``source.mean_bgr``; docs/data-formats.md, "Images"), which the strong
+    augmentation removes and restores.
     """
     source_image = _require(batch, "source_image")
     source_label = _require(batch, "source_label").long()
@@ -248,9 +255,9 @@ def adaptation_step(
 
     # Step 3: pseudo-labels from the EMA teacher on the unaugmented target (not read before join()).
     pseudo = launch_pseudo_labels(teacher, target_image, iteration, cfg, overlap=teacher_stream)
-    label = sanitize_label(source_label, pseudo.num_classes, cfg.ignore_index)
+    label = sanitize_label(source_label, pseudo.num_classes, IGNORE_INDEX)
     # Step 4: ClassMix and strong augmentation.
-    mixed = mix_batch(label, source_image, target_image, source_depth, target_depth, draws, cfg)
+    mixed = mix_batch(label, source_image, target_image, source_depth, target_depth, draws, cfg, mean_bgr)
     # Steps 2 and 5: the student on the source and on the mixed images.
     pred_src, pred_mix, source_features = student_passes(student, source_image, mixed.image, cfg)
     if cfg.uses_depth and pred_mix.depth is None and pred_mix.depth_source is None:
@@ -285,7 +292,8 @@ def adaptation_step(
         pseudo_weight = target_pseudo_weight(fraction, pseudo.label.shape, cfg.pseudo_label_ignore_top,
                                              cfg.pseudo_label_ignore_bottom)
         mic_total, mic_terms, mic_image = masked_image_consistency(
-            lambda image: student(image).upsampled(crop), target_image, pseudo.label, pseudo_weight, mic_draws, cfg)
+            lambda image: student(image).upsampled(crop), target_image, pseudo.label, pseudo_weight, mic_draws, cfg,
+            mean_bgr)
         terms.update(mic_terms)
         terms["mic_loss"] = mic_total
         loss = loss + cfg.mic.weight * mic_total

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from cordaseg.adaptation.classmix import mix
+from cordaseg.data.formats import INVALID_DEPTH
 
 
 def confidence_fraction(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -28,7 +29,7 @@ def depth_weight(
     depth_target: torch.Tensor,
     mixed_depth: torch.Tensor,
     floor: float = 1e-3,
-    invalid_depth: float = 1.0,
+    invalid_depth: float = INVALID_DEPTH,
     form: Literal["reference_cross_batch", "per_image"] = "per_image",
 ) -> torch.Tensor:
     """Adaptation difficulty from the disagreement of the two depth decoders, (B, H, W), no gradient.

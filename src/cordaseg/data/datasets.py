@@ -7,8 +7,8 @@ file paths; :func:`build_dataset` returns a :class:`SegmentationDataset` whose i
 
 - ``image``: (3, H, W) float32, BGR minus the caffe mean (no scaling);
 - ``label``: (H, W) int64 train IDs, 255 = ignore;
-- ``depth``: (H, W) float32 inverse-depth-like value, exactly 1.0 = invalid (all 1.0 when the
-  config has ``depth: none``);
+- ``depth``: (H, W) float32 inverse-depth-like value, exactly ``formats.INVALID_DEPTH`` (1.0) =
+  invalid (all invalid when the config has ``depth: none``);
 - ``name`` (str), ``image_path`` (str), ``original_size`` ((2,) int64: H, W of the file) and
   ``index`` (int).
 
@@ -373,7 +373,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             label = transforms.apply_geometry(frame.label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
                                               convert=lambda ids: table[ids])
         if frame.depth is None:
-            depth = np.ones((out_h, out_w), dtype=np.float32)
+            depth = np.full((out_h, out_w), formats.INVALID_DEPTH, dtype=np.float32)
         else:
             depth = transforms.apply_geometry(frame.depth, geometry, DEPTH_RESAMPLE[fmt], formats.INVALID_DEPTH,
                                               convert=DEPTH_DECODERS[self.cfg.depth_kind],
@@ -391,7 +391,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         else:
             label = label_table(self.cfg)[frame.label]
         if frame.depth is None:
-            depth = np.ones((height, width), dtype=np.float32)
+            depth = np.full((height, width), formats.INVALID_DEPTH, dtype=np.float32)
         else:
             depth = DEPTH_DECODERS[self.cfg.depth_kind](frame.depth)
         return image, label, depth

@@ -287,6 +287,16 @@ def read_camera_json(path: str | Path) -> dict[str, float]:
 # Decoders: raw file values -> the loader's inverse-depth-like float32 values (invalid = 1.0)
 
 
+def depth_value_from_metres(depth_m: np.ndarray) -> np.ndarray:
+    """Metric depth -> the loader's value ``655.36 / (Z + 0.01)`` (float64); non-finite depth (the
+    sky) -> :data:`INVALID_DEPTH`."""
+    depth_m = np.asarray(depth_m, dtype=np.float64)
+    finite = np.isfinite(depth_m)
+    value = np.full_like(depth_m, INVALID_DEPTH)
+    value[finite] = INVERSE_DEPTH_SCALE / (depth_m[finite] + INVERSE_DEPTH_OFFSET)
+    return value
+
+
 def _build_synthia_table() -> np.ndarray:
     depth_m = np.arange(65536, dtype=np.float64) / 100.0
     table = (INVERSE_DEPTH_SCALE / (depth_m + INVERSE_DEPTH_OFFSET)).astype(np.float32)

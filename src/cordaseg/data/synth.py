@@ -167,14 +167,6 @@ def _render(rng: np.random.Generator, train_ids: np.ndarray, depth: np.ndarray, 
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def inverse_depth_like(depth_m: np.ndarray) -> np.ndarray:
-    """Metric depth -> the loader's value ``655.36 / (d + 0.01)`` (sky: the invalid 1.0)."""
-    finite = np.isfinite(depth_m)
-    value = np.ones_like(depth_m, dtype=np.float64)
-    value[finite] = formats.INVERSE_DEPTH_SCALE / (depth_m[finite] + formats.INVERSE_DEPTH_OFFSET)
-    return value
-
-
 def _cityscapes_label_ids(scene: Scene) -> np.ndarray:
     ids = TRAIN_TO_CITYSCAPES_ID[scene.train_ids].copy()
     ids[scene.train_ids == IGNORE_INDEX] = STATIC_ID
@@ -186,7 +178,7 @@ def _write_gta5(out: Path, index: int, scene: Scene) -> None:
     paths = formats.gta5_paths(out, f"{index + 1:05d}")
     formats.write_rgb_png(paths.image, scene.rgb)
     formats.write_palette_label_png(paths.label, _cityscapes_label_ids(scene))
-    formats.write_uint16_png(paths.depth, formats.encode_gta_disparity(inverse_depth_like(scene.depth_m)))
+    formats.write_uint16_png(paths.depth, formats.encode_gta_disparity(formats.depth_value_from_metres(scene.depth_m)))
 
 
 def _write_synthia(out: Path, index: int, scene: Scene) -> None:
@@ -216,7 +208,7 @@ def _write_cityscapes(out: Path, split: str, city: str, frame_id: str, scene: Sc
         depth_m[-scene.ego_rows:] = 0.0
         formats.write_stereo_depth_mat(stereo.depth, depth_m)
     if depth in ("mono", "both"):
-        formats.write_uint16_png(mono.depth, formats.encode_mono_disparity(inverse_depth_like(scene.depth_m)))
+        formats.write_uint16_png(mono.depth, formats.encode_mono_disparity(formats.depth_value_from_metres(scene.depth_m)))
     # The right view: every pixel moves left by its disparity fx * baseline / depth (backward
     # warp with the left disparity, good enough for tests of stereo self-supervision).
     disparity_px = fx * CITYSCAPES_BASELINE_M / np.where(np.isfinite(scene.depth_m), scene.depth_m, np.inf)

@@ -24,6 +24,9 @@ from PIL import Image
 from cordaseg.adaptation.config import AdaptationConfig
 from cordaseg.config import ConfigError, apply_overrides, from_dict, load_yaml
 from cordaseg.data.datasets import DatasetConfig, find_samples
+from cordaseg.data.formats import INVALID_DEPTH
+from cordaseg.data.labels import IGNORE_INDEX
+from cordaseg.data.normalization import CAFFE_MEAN_BGR
 from cordaseg.data.transforms import resized_size
 from cordaseg.errors import DataError
 from cordaseg.models.corda import ModelConfig
@@ -123,7 +126,9 @@ class RunConfig:
     deterministic: bool = False
     """Deterministic kernels and no cudnn.benchmark: bit-identical reruns and resumes, slower."""
     teacher_stream: bool = True
-    """On CUDA, run the teacher's forward on a second stream, overlapped with the student's passes."""
+    """On CUDA, run the teacher's forward on a second stream, overlapped with the student's passes
+    (passed to the adaptation step, :func:`cordaseg.adaptation.passes.launch_pseudo_labels`; the
+    values do not change)."""
     compile: bool = False
     """torch.compile the student and the teacher for the training passes (default mode). The first
     iterations take minutes longer; measure the gain first (benchmarks/train_step.py --compile 0 1)."""
@@ -275,9 +280,40 @@ class TrainConfig:
     """Reference or paper behaviour where they differ (applied when the config is loaded)."""
 
 
+RETIRED_KEYS: dict[str, str] = {
+    "adaptation.mean_bgr": "source.mean_bgr",
+    "adaptation.ignore_index": "the ignore value 255 of data/labels.py",
+    "adaptation.invalid_depth": "the invalid depth 1.0 of data/formats.py",
+}
+"""Keys of earlier versions whose fact now has one home elsewhere: the saved configs of older runs
+(``config.yaml``, the config inside a checkpoint) still load when they hold that home's value."""
+
+
+def _retire_keys(data: dict) -> dict:
+    """``data`` without the :data:`RETIRED_KEYS`; one that holds another value than its new home
+    is a ConfigError naming both."""
+    adaptation = data.get("adaptation")
+    if not isinstance(adaptation, dict) or not any(f"adaptation.{k}" in RETIRED_KEYS for k in adaptation):
+        return data
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    now = {"adaptation.mean_bgr": list(source.get("mean_bgr", CAFFE_MEAN_BGR)),
+           "adaptation.ignore_index": IGNORE_INDEX, "adaptation.invalid_depth": INVALID_DEPTH}
+    adaptation = dict(adaptation)
+    for key, home in RETIRED_KEYS.items():
+        name = key.split(".")[1]
+        if name not in adaptation:
+            continue
+        value = adaptation.pop(name)
+        if (list(value) if isinstance(value, (list, tuple)) else value) != now[key]:
+            raise ConfigError(f"{key}: {value!r} differs from {home} ({now[key]!r}); {key} is no longer "
+                              f"a setting of its own (docs/config.md)")
+    return {**data, "adaptation": adaptation}
+
+
 def train_config_from_dict(data: dict) -> TrainConfig:
-    """A config mapping -> :class:`TrainConfig`, with ``recipe.fidelity`` applied first."""
-    return from_dict(TrainConfig, apply_fidelity(data))
+    """A config mapping -> :class:`TrainConfig`, with the :data:`RETIRED_KEYS` of older configs
+    checked and dropped and ``recipe.fidelity`` applied first."""
+    return from_dict(TrainConfig, apply_fidelity(_retire_keys(data)))
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -312,8 +348,22 @@ def _check_dataset(key: str, data: DatasetConfig, train: bool) -> None:
         )
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Checks that need no model and no pixels; each failure names the key or path."""
+def _check_normalisation(cfg: TrainConfig) -> None:
+    """Every dataset normalises its images with the source's mean (the step mixes source and target
+    images, the network sees both); a transformer backbone expects the caffe mean it converts from."""
+    for key in ("target", "val"):
+        section = getattr(cfg, key)
+        if section is not None and tuple(section.mean_bgr) != tuple(cfg.source.mean_bgr):
+            raise ConfigError(f"{key}.mean_bgr: {tuple(section.mean_bgr)} differs from source.mean_bgr "
+                              f"{tuple(cfg.source.mean_bgr)}; every dataset of a run must normalise alike")
+    if cfg.model.backbone != "resnet" and tuple(cfg.source.mean_bgr) != tuple(CAFFE_MEAN_BGR):
+        raise ConfigError(f"source.mean_bgr: the {cfg.model.backbone} backbone converts images normalised with the "
+                          f"caffe mean {CAFFE_MEAN_BGR} (data/normalization.py), not {tuple(cfg.source.mean_bgr)}")
+
+
+def check_sections(cfg: TrainConfig) -> None:
+    """The checks between sections that need no files: what ``cordaseg train --validate-only``
+    runs, and the first part of :func:`validate`; each failure names the key."""
     method = cfg.adaptation.method
     if method == "corda" and not cfg.model.has_depth:
         raise ConfigError(
@@ -328,6 +378,13 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}.rare_class_sampling.enabled: only the labelled source set is sampled by class")
     if cfg.source.rare_class_sampling.enabled and not cfg.source.use_labels:
         raise ConfigError("source.rare_class_sampling.enabled: needs source.use_labels (the class statistics)")
+    _check_normalisation(cfg)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that need no model and no pixels (:func:`check_sections`, then the data folders, the
+    initial weights and the output folder); each failure names the key or path."""
+    check_sections(cfg)
     _check_dataset("source", cfg.source, train=True)
     if cfg.adaptation.uses_target:
         _check_dataset("target", cfg.target, train=True)

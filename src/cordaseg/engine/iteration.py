@@ -158,7 +158,8 @@ def train_iteration(
     extra = {} if state.feature_reference is None else {"feature_reference": state.feature_reference}
     with autocast(cfg, device):
         out = step(state.model, state.teacher, batch, cfg.adaptation, iteration, generator,
-                   with_visuals=with_visuals, teacher_stream=cfg.run.teacher_stream, **extra)
+                   with_visuals=with_visuals, teacher_stream=cfg.run.teacher_stream,
+                   mean_bgr=cfg.source.mean_bgr, **extra)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     state.optimizer.step()

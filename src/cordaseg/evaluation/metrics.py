@@ -33,12 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cordaseg.data.formats import INVERSE_DEPTH_OFFSET, INVERSE_DEPTH_SCALE
+from cordaseg.data.formats import INVALID_DEPTH, INVERSE_DEPTH_OFFSET, INVERSE_DEPTH_SCALE
 from cordaseg.data.labels import CLASS_NAMES, NUM_CLASSES, PROTOCOLS
 from cordaseg.runtime.distributed import all_reduce_sum
 
-# The loader's marker for a pixel without valid depth (spec section 5).
-INVALID_DEPTH = 1.0
 # Lower edges (metres) of the depth ranges of the depth-binned mIoU; the last range is open.
 DEFAULT_DEPTH_BINS = (0.0, 10.0, 20.0, 40.0)
 

@@ -70,7 +70,8 @@ class PredictConfig:
     overlay_alpha: float = 0.5
     """Weight of the palette colours in the overlay."""
     mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR
-    """Mean subtracted from the BGR image (the model's training normalisation)."""
+    """Mean subtracted from the BGR image: the normalisation the model was trained with
+    (``source.mean_bgr`` of its training config; docs/data-formats.md, "Images")."""
     strip_rows: int = 256
     """Output rows upsampled and reduced to labels at a time (bounds the memory of large images)."""
 

@@ -84,15 +84,6 @@ def generate_world_from_config(out_dir: str | Path, cfg: WorldConfig, progress: 
                           shift=cfg.shift, seed=cfg.seed, progress=progress, workers=workers)
 
 
-def inverse_depth(depth_m: np.ndarray) -> np.ndarray:
-    """Metric depth -> the loader's ``655.36 / (Z + 0.01)``; non-finite (sky) -> the invalid 1.0."""
-    depth_m = np.asarray(depth_m, dtype=np.float64)
-    finite = np.isfinite(depth_m)
-    value = np.ones_like(depth_m)
-    value[finite] = formats.INVERSE_DEPTH_SCALE / (depth_m[finite] + formats.INVERSE_DEPTH_OFFSET)
-    return value
-
-
 def stereo_depth(left_depth: np.ndarray, right_depth: np.ndarray, camera: Camera,
                  rng: np.random.Generator) -> np.ndarray:
     """What a stereo matcher would measure from the rendered pair: metres, 0 where invalid.
@@ -137,7 +128,7 @@ def _write_source(root: Path, index: int, frame: Frame) -> None:
     paths = formats.gta5_paths(root, f"{index + 1:05d}")
     formats.write_rgb_png(paths.image, frame.rgb)
     formats.write_palette_label_png(paths.label, frame.label_ids)
-    formats.write_uint16_png(paths.depth, formats.encode_gta_disparity(inverse_depth(frame.depth)))
+    formats.write_uint16_png(paths.depth, formats.encode_gta_disparity(formats.depth_value_from_metres(frame.depth)))
 
 
 def _write_target(root: Path, split: str, index: int, frame: Frame, rng: np.random.Generator) -> None:

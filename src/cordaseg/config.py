@@ -39,14 +39,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue  # the next alternative of the union
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
         if value not in args:

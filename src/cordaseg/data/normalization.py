@@ -22,12 +22,6 @@ def denormalize(image: torch.Tensor, mean_bgr: tuple[float, float, float] = CAFF
     return image + mean
 
 
-def renormalize(bgr: torch.Tensor, mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR) -> torch.Tensor:
-    """Inverse of :func:`denormalize`."""
-    mean = torch.tensor(mean_bgr, dtype=bgr.dtype, device=bgr.device).view(1, 3, 1, 1)
-    return bgr - mean
-
-
 def to_display_rgb(image: torch.Tensor, mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR) -> np.ndarray:
     """(3, H, W) normalised tensor -> (H, W, 3) uint8 RGB for pictures."""
     bgr = denormalize(image.detach().float().cpu()[None], mean_bgr)[0]

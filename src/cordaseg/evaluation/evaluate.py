@@ -202,7 +202,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def make_loader(dataset: Dataset | Sequence[dict[str, Any]], batch_size: int = 1, num_workers: int = 0, distributed: bool = False) -> DataLoader:
+def evaluation_loader(dataset: Dataset | Sequence[dict[str, Any]], batch_size: int = 1, num_workers: int = 0, distributed: bool = False) -> DataLoader:
     """A sequential loader; under a process group each rank takes every world_size-th sample.
 
     Unlike ``DistributedSampler`` this never pads the dataset with repeated samples, so every
@@ -258,7 +258,7 @@ def evaluate_segmentation(
     device = torch.device(device)
     if isinstance(dataset_or_loader, (Dataset, Sequence)) and not isinstance(dataset_or_loader, DataLoader):
         # a dataset, or a plain list of items
-        loader: Iterable[dict[str, Any]] = make_loader(dataset_or_loader, batch_size, num_workers, distributed)
+        loader: Iterable[dict[str, Any]] = evaluation_loader(dataset_or_loader, batch_size, num_workers, distributed)
     else:
         loader = dataset_or_loader
     rank, _ = rank_and_world_size() if distributed else (0, 1)

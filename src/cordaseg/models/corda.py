@@ -134,10 +134,6 @@ class ModelConfig:
     def has_depth(self) -> bool:
         return self.arch != "deeplab"
 
-    @property
-    def has_depth_discrepancy(self) -> bool:
-        """Both depth decoders exist, so the depth-based adaptation difficulty can be computed."""
-        return self.arch == "corda"
 
 
 class ASPPClassifier(nn.Module):

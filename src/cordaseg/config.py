@@ -5,11 +5,19 @@ module turns nested dictionaries (from YAML files and command-line overrides) in
 dataclasses, checking every key and every type, and turns them back into dictionaries for saving
 next to a run and inside checkpoints. An unknown key or a value of the wrong type raises
 :class:`ConfigError` with the dotted key in the message.
+
+The recipes of ``configs/`` ship inside the package (``cordaseg/recipes``): wherever a config
+file is asked for, a bare recipe name such as ``gta2cityscapes`` stands for the shipped file
+(:func:`resolve_config`). :func:`field_docs` reads the docstring of every field, from which
+``cordaseg configs docs`` writes docs/config.md.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -164,11 +172,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+RECIPES_DIR = Path(__file__).with_name("recipes")
+"""The shipped recipes: the repository's ``configs/`` folder, installed as package data."""
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes (file names without ``.yaml``), sorted."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def resolve_config(path_or_name: str | Path) -> Path:
+    """A config file: ``path_or_name`` itself when that file exists, else the shipped recipe of
+    that name (``gta2cityscapes`` or ``gta2cityscapes.yaml``); a ConfigError naming both otherwise."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml"):
+        recipe = RECIPES_DIR / f"{path.stem}.yaml"
+        if recipe.is_file():
+            return recipe
+    names = ", ".join(recipe_names()) or "none installed"
+    raise ConfigError(f"config file not found: {path_or_name} (neither a file nor a shipped recipe: {names})")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing or malformed file is a ConfigError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """Read a YAML mapping from a file or a shipped recipe's name (:func:`resolve_config`); a
+    missing or malformed file is a ConfigError naming it."""
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
@@ -188,3 +218,75 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body (empty where there is none)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, following in zip(body, [*body[1:], None]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                text = ""
+                if (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                        and isinstance(following.value.value, str)):
+                    text = inspect.cleandoc(following.value.value)
+                docs[node.target.id] = text
+    return docs
+
+
+def _display_type(tp: Any) -> str:
+    """A type as a reader of the YAML file sees it: ``a | b`` for a choice of values."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _display_type(a) for a in args)
+    if origin is not None:  # tuple[int, int], dict[str, float], ...
+        return str(tp).replace("typing.", "")
+    return _type_name(tp)
+
+
+def _default_text(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+        if dataclasses.is_dataclass(value):
+            return "(section)"
+    else:
+        return "(required)"
+    return yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def config_reference(cls: type, prefix: str = "", title: str | None = None, level: int = 2) -> str:
+    """A Markdown reference of ``cls``: one table per section (key, type, default, what it does),
+    nested sections after their parent, keys written as dotted paths under ``prefix``."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    heading = title or (f"`{prefix}`" if prefix else cls.__name__)
+    lines = [f"{'#' * level} {heading}", ""]
+    if cls.__doc__:
+        lines += [inspect.cleandoc(cls.__doc__), ""]
+    rows, sections = [], []
+    for field in dataclasses.fields(cls):
+        key = f"{prefix}.{field.name}" if prefix else field.name
+        tp = hints[field.name]
+        section = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            sections.append((section, key, docs.get(field.name, "")))
+            continue
+        text = " ".join(docs.get(field.name, "").split()).replace("|", "\\|")
+        kind = _display_type(tp).replace("|", "\\|")
+        rows.append(f"| `{key}` | `{kind}` | `{_default_text(field)}` | {text} |")
+    if rows:
+        lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    for section, key, doc in sections:
+        part = config_reference(section, key, level=level + 1)
+        if doc:  # the parent's word on the section goes under its heading
+            head, _, rest = part.partition("\n\n")
+            part = f"{head}\n\n{' '.join(doc.split())}\n\n{rest}"
+        lines.append(part)
+    return "\n".join(lines)

@@ -18,12 +18,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from cordaseg.cli import convert, data, demo, depth, evaluate, train, world
+from cordaseg.cli import configs, convert, data, demo, depth, evaluate, train, world
 from cordaseg.cli.arguments import is_override
 from cordaseg.errors import CordasegError, one_line
 
 # The modules whose ``register(subparsers)`` adds subcommands, in the order of ``cordaseg --help``.
-COMMANDS = (convert, train, evaluate, world, depth, data, demo)
+COMMANDS = (convert, train, evaluate, world, depth, data, demo, configs)
 
 # File-system failures that are about the user's paths or machine, not bugs: one line, no traceback.
 EXPECTED_ERRNOS = frozenset({

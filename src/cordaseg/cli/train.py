@@ -11,7 +11,7 @@ import shlex
 import sys
 
 from cordaseg.cli.arguments import is_override
-from cordaseg.engine.config import load_train_config
+from cordaseg.engine.config import check_sections, load_train_config
 from cordaseg.engine.trainer import TrainingInterrupted, train
 
 
@@ -40,6 +40,11 @@ def resume_command(args: argparse.Namespace, checkpoint) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
+    if args.validate_only:
+        check_sections(cfg)
+        print(f"{args.config}: a valid training config (data folders, initial weights and the output folder are "
+              "checked when training starts)")
+        return 0
     resume = True if args.resume == "latest" else args.resume  # None: auto-resume if configured
     try:
         result = train(cfg, resume=resume, allow_config_change=args.allow_config_change, announce=True)
@@ -67,7 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "torchrun --nproc_per_node=N -m cordaseg.cli train ...; optim.batch_size is per GPU."
         ),
     )
-    parser.add_argument("--config", required=True, help="YAML training config (e.g. configs/gta2cityscapes.yaml)")
+    parser.add_argument("--config", required=True,
+                        help="YAML training config, or the name of a shipped recipe (cordaseg configs list), "
+                             "e.g. gta2cityscapes")
     parser.add_argument("overrides", nargs="*", action=_Overrides, metavar="key=value",
                         help="config overrides (YAML values), before or after the options")
     parser.add_argument(
@@ -81,4 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue a run in run.out_dir with a config that differs from the one it was trained with "
              "(the change is recorded in run.json); without it that is an error",
     )
+    parser.add_argument("--validate-only", action="store_true",
+                        help="check the config (every key and type, and the rules between its sections) without "
+                             "reading data or training")
     parser.set_defaults(func=_run)

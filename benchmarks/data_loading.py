@@ -1,4 +1,4 @@
-"""Benchmark: training samples per second on one CPU core for each data pipeline (issue 3, part 6).
+"""Benchmark: training samples per second on one CPU core for each data pipeline.
 
 Writes small trees at the real resolutions (GTA5 1914x1052, SYNTHIA 1280x760, Cityscapes
 2048x1024) with ``cordaseg.data.synth`` into a temporary folder, then times the full training

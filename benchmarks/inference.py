@@ -1,4 +1,4 @@
-"""Benchmark: milliseconds per image of test-time inference (issue 7, part 3; spec section 4).
+"""Benchmark: milliseconds per image of test-time inference (docs/method.md, "Evaluation").
 
 Times the two code paths that run a trained model on images, on synthetic inputs of
 ``--size`` (height, width; default 1024x2048, a full Cityscapes frame) with a randomly

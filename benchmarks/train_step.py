@@ -1,4 +1,4 @@
-"""Benchmark: seconds per CorDA training iteration (issue 7, parts 1 and 2; spec section 3).
+"""Benchmark: seconds per CorDA training iteration (docs/method.md, "Training step").
 
 Times :func:`cordaseg.engine.iteration.train_iteration`, the per-iteration code of
 ``cordaseg train`` (poly lr, adaptation step under autocast, backward, SGD, EMA) plus the

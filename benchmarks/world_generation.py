@@ -1,4 +1,4 @@
-"""Benchmark: how fast the synthetic street world renders and writes (issue 6, part 5 of the plan).
+"""Benchmark: how fast the synthetic street world renders and writes.
 
 Renders ``--frames`` target stereo pairs (left + right view, stereo depth .mat, the costliest
 kind of frame) and as many source frames into a temporary folder with ``generate_world``, prints

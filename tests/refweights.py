@@ -1,4 +1,4 @@
-"""Reference key tables and the spec's fixed-rule weights, shared by the model tests."""
+"""Reference key tables and the fixed-rule weights of tests/reference/README.md, shared by the model tests."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def read_key_table(variant: str) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 def rule_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Spec section 7: a deterministic float64 tensor for reference key ``key``."""
+    """tests/reference/README.md, "The rule": a deterministic float64 tensor for reference key ``key``."""
     g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     if key.endswith("num_batches_tracked"):
         return torch.tensor(0, dtype=torch.long)

@@ -1,6 +1,7 @@
-"""The optimised adaptation step equals a plain, per-image implementation of spec section 3.
+"""The optimised adaptation step equals a plain, per-image implementation of docs/method.md,
+"Training step".
 
-The plain version below is written straight from the spec, the way the reference works: image by
+The plain version below is written straight from the method's description, the way the reference works: image by
 image, with ``torch.unique`` for the ClassMix classes, kornia's ``ColorJiggle`` module and
 ``gaussian_blur2d`` per image, boolean indexing in berHu. It consumes the same draws (from
 :func:`draw_step_randomness` with the same seed), and both must give the same loss and the same

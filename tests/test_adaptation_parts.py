@@ -1,4 +1,4 @@
-"""Pieces of the adaptation step (spec section 3) against hand-computed values."""
+"""Pieces of the adaptation step (docs/method.md, "Training step") against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The adaptation step as a function (spec section 3): variants, methods, randomness, no host reads."""
+"""The adaptation step as a function (docs/method.md, "Training step"): variants, methods, randomness, no host reads."""
 
 from __future__ import annotations
 

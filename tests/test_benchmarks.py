@@ -1,4 +1,4 @@
-"""The speed benchmarks (issue 7, parts 1 and 3) run with their tiny CPU presets and print one
+"""The speed benchmarks run with their tiny CPU presets and print one
 parseable JSON line per configuration; the training benchmark and the trainer share the
 iteration function. No timing is asserted."""
 

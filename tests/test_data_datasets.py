@@ -1,4 +1,4 @@
-"""Datasets of spec section 5 on generated trees: decoded values, ID mappings, geometry, configs."""
+"""Datasets of docs/data-formats.md on generated trees: decoded values, ID mappings, geometry, configs."""
 
 import cv2
 import numpy as np

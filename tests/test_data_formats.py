@@ -1,4 +1,4 @@
-"""File encodings of spec section 5: decoders at known values, writers/readers round trips, traps."""
+"""File encodings of docs/data-formats.md: decoders at known values, writers/readers round trips, traps."""
 
 import cv2
 import numpy as np

@@ -1,4 +1,4 @@
-"""Depth export: each encoding of spec section 5 round-trips through the dataset loader's decoders."""
+"""Depth export: each encoding of docs/data-formats.md round-trips through the dataset loader's decoders."""
 
 from __future__ import annotations
 

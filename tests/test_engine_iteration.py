@@ -1,5 +1,5 @@
-"""The engine's training iteration (issue 7, part 2): the same update as the plain sequence of
-spec section 3 (poly lr, step, backward, SGD, EMA) whatever the SGD kernels, no host reads, the
+"""The engine's training iteration: the same update as the plain sequence of docs/method.md,
+"Training step" (poly lr, step, backward, SGD, EMA) whatever the SGD kernels, no host reads, the
 process settings it needs, and the teacher's second CUDA stream."""
 
 from __future__ import annotations

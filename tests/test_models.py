@@ -1,4 +1,4 @@
-"""The network (spec section 2) and the import of reference checkpoints, number for number."""
+"""The network (docs/method.md, "Network") and the import of reference checkpoints, number for number."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ REF_OUTPUT_NAMES = {
     "S": "semantic", "initial_S": "semantic_initial", "D": "depth", "initial_D": "depth_initial",
     "D_src": "depth_source", "initial_D_src": "depth_source_initial",
 }
-PARAM_COUNTS = {  # spec section 2: (all, trainable)
+PARAM_COUNTS = {  # the reference models': (all, trainable)
     "gta": (48_015_074, 47_909_730),
     "synthia": (46_619_049, 46_513_705),
     "noatt": (44_245_136, 44_139_792),

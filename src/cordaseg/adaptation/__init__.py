@@ -1,4 +1,4 @@
-"""The adaptation step of CorDA (spec section 3): ClassMix, strong augmentation, pixel weights,
+"""The adaptation step of CorDA (docs/method.md, "Training step"): ClassMix, strong augmentation, pixel weights,
 losses, the EMA teacher and the learning-rate schedule."""
 
 from cordaseg.adaptation.config import AdaptationConfig, AugmentationConfig

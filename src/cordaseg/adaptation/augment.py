@@ -1,4 +1,4 @@
-"""Strong augmentation of the mixed image (spec section 3.4), batched with per-image parameters.
+"""Strong augmentation of the mixed image (docs/method.md, "Training step", step 4), batched with per-image parameters.
 
 The colour jitter follows kornia's ``ColorJiggle`` (the behaviour of the kornia 0.4.1
 ``ColorJitter`` the reference used): on the de-normalised image scaled to [0, 1], still in BGR

@@ -1,4 +1,4 @@
-"""ClassMix (spec section 3.4), vectorised over the batch.
+"""ClassMix (docs/method.md, "Training step", step 4), vectorised over the batch.
 
 For each source/target pair k: take the label values present in the source label (the ignore
 value counts as a class, as in the reference), choose ceil(n/2) of them at random without

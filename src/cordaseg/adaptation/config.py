@@ -1,4 +1,4 @@
-"""Configuration of the adaptation step (spec section 3): method, pseudo-labels, weights, ClassMix,
+"""Configuration of the adaptation step (docs/method.md, "Training step"): method, pseudo-labels, weights, ClassMix,
 strong augmentation and the EMA teacher.
 
 The defaults are the paper's GTA5 -> Cityscapes recipe. The SYNTHIA recipe differs only by
@@ -18,7 +18,8 @@ from cordaseg.config import ConfigError
 
 @dataclass
 class AugmentationConfig:
-    """Strong augmentation of the mixed image (spec section 3.4; kornia ColorJiggle semantics)."""
+    """Strong augmentation of the mixed image (docs/method.md, "Training step", step 4; kornia
+    ColorJiggle semantics)."""
 
     jitter_p: float = 0.8
     """Probability of applying the colour jitter (per batch or per image: ``adaptation.augment_decision``)."""
@@ -95,7 +96,7 @@ class MicConfig:
 
 @dataclass
 class AdaptationConfig:
-    """One adaptation iteration (spec section 3), as :func:`cordaseg.adaptation.adaptation_step` runs it."""
+    """One adaptation iteration (docs/method.md, "Training step"), as :func:`cordaseg.adaptation.adaptation_step` runs it."""
 
     method: Literal["corda", "dacs", "source_only"] = "corda"
     """corda: the full recipe; dacs: the same loop without any depth term; source_only: source CE only."""

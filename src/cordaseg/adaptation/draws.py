@@ -1,5 +1,5 @@
-"""Every random number of one adaptation iteration (spec sections 3.4: ClassMix and strong
-augmentation), drawn up front from one ``torch.Generator`` in a fixed, documented order.
+"""Every random number of one adaptation iteration (docs/method.md, "Training step", step 4:
+ClassMix and strong augmentation), drawn up front from one ``torch.Generator`` in a fixed, documented order.
 
 Drawing everything first keeps the step a pure function of (models, batch, iteration, generator),
 lets a test replay the same draws in a plain per-image implementation, and keeps the draws on the

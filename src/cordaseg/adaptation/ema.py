@@ -1,4 +1,4 @@
-"""Mean-teacher EMA (spec section 3.9): the teacher's parameters follow the student's with
+"""Mean-teacher EMA (docs/method.md, "EMA"): the teacher's parameters follow the student's with
 alpha_i = min(1 - 1/(i + 1), alpha_max), in one foreach lerp over all parameters. Buffers (batch-norm
 running statistics) are not averaged: the teacher keeps its own, as in the reference.
 """

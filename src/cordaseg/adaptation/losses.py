@@ -1,4 +1,4 @@
-"""Losses of the adaptation step (spec section 3): cross-entropy over labelled pixels, the
+"""Losses of the adaptation step (docs/method.md, "Losses"): cross-entropy over labelled pixels, the
 pixel-weighted cross-entropy of the mixed image, and the berHu (reverse Huber) depth loss.
 
 All reductions are written so that an empty selection gives 0, not NaN, and without boolean

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the recipe (spec section 3.1): polynomial decay."""
+"""Learning-rate schedule of the recipe (docs/method.md, "Optimiser and schedule"): polynomial decay."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pixel weights of the mixed-image loss (spec section 3.6): the confidence weight of DACS and
+"""Pixel weights of the mixed-image loss (docs/method.md, "Weights"): the confidence weight of DACS and
 CorDA's depth-based adaptation difficulty.
 
 Everything stays on the device: the confidence fraction is a 0-d tensor, never a Python float.

@@ -1,4 +1,4 @@
-"""``cordaseg data synth`` and ``cordaseg data check``: dataset trees of spec section 5.
+"""``cordaseg data synth`` and ``cordaseg data check``: dataset trees of docs/data-formats.md.
 
 ``synth`` writes a small tree in a real layout and encoding (:mod:`cordaseg.data.synth`);
 ``check`` scans a tree and reports every problem with its file (:mod:`cordaseg.data.check`),

@@ -1,4 +1,4 @@
-"""``cordaseg world``: render the synthetic street world (issue 6) as GTA5 and Cityscapes trees."""
+"""``cordaseg world``: render the synthetic street world as GTA5 and Cityscapes trees."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation of dataset trees against the formats of spec section 5 (``cordaseg data check``).
+"""Validation of dataset trees against the formats of docs/data-formats.md (``cordaseg data check``).
 
 :func:`check_tree` decodes every frame of a tree and reports each problem with its file: missing
 label or depth partner, unreadable or truncated file, image / label / depth sizes that do not
@@ -164,7 +164,7 @@ def _missing(path: Path, what: str, cfg: DatasetConfig, record: SampleRecord) ->
                                                     record.name)
         if sgm.is_file():
             message += (f" (found the dataset's SGM disparity {sgm.name}, which is not the mono depth; "
-                        "see spec section 5)")
+                        "see docs/data-formats.md, 'Cityscapes')")
     return Problem(path, "missing", f"{message} for image {record.image.name}")
 
 

@@ -1,7 +1,7 @@
-"""File encodings and tree layouts of GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes (spec section 5).
+"""File encodings and tree layouts of GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes (docs/data-formats.md).
 
-Low-level readers and writers of every real file kind, with the spec's decoding formulas, and the
-path helpers of each tree layout. The readers avoid the traps listed in spec section 5:
+Low-level readers and writers of every real file kind, with the decoding formulas of docs/data-formats.md, and the
+path helpers of each tree layout. The readers avoid the traps listed there ("Reading traps"):
 
 - label PNGs may be palette ("P" mode) images, so IDs are read with PIL as the raw index plane
   (``cv2.imread`` would return palette colours and ``convert('L')`` would destroy the IDs);
@@ -26,9 +26,9 @@ from PIL import Image
 
 from cordaseg.errors import DataError
 
-# Invalid depth marker of the loader's inverse-depth-like values (spec section 3 and 5).
+# Invalid depth marker of the loader's inverse-depth-like values (docs/data-formats.md, "Depth values").
 INVALID_DEPTH = 1.0
-# Numerator and offset of the metric-depth -> inverse-depth-like conversion (spec section 5).
+# Numerator and offset of the metric-depth -> inverse-depth-like conversion (docs/data-formats.md, "Depth values").
 INVERSE_DEPTH_SCALE = 655.36
 INVERSE_DEPTH_OFFSET = 0.01
 # Stereo depth: clip range in metres and the smallest valid depth.

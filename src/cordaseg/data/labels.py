@@ -1,4 +1,4 @@
-"""Class definitions in one place (spec section 5): the 19 Cityscapes training classes, their
+"""Class definitions in one place (docs/data-formats.md, "Labels"): the 19 Cityscapes training classes, their
 palette, the 19 / 16 / 13-class evaluation protocols, and the ID lookup tables of each dataset.
 
 Lookup tables are 256- or 65536-entry uint8 arrays, so mapping a whole label image is a single
@@ -44,7 +44,7 @@ CITYSCAPES_TRAIN_LABEL_IDS: tuple[int, ...] = (
 # All label IDs the Cityscapes scheme defines (0..33; -1 is "license plate", not in PNGs).
 CITYSCAPES_KNOWN_LABEL_IDS: tuple[int, ...] = tuple(range(34))
 
-# SYNTHIA class ID -> train ID (spec section 5); every other SYNTHIA ID is ignored.
+# SYNTHIA class ID -> train ID; every other SYNTHIA ID is ignored.
 SYNTHIA_TO_TRAIN: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12,
     8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,

@@ -1,4 +1,5 @@
-"""Data loading for training and evaluation (spec section 3: batches of source and target crops).
+"""Data loading for training and evaluation (docs/method.md, "Training step": batches of
+source and target crops).
 
 :class:`EpochSampler` gives each rank a deterministic order that depends only on (seed, epoch),
 shards it across ranks like ``DistributedSampler`` and can start part-way through an epoch

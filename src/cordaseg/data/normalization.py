@@ -1,4 +1,4 @@
-"""Image normalisation of the reference (spec section 5): RGB -> BGR, subtract the caffe mean,
+"""Image normalisation of the reference (docs/data-formats.md, "Images"): RGB -> BGR, subtract the caffe mean,
 no scaling (values stay on the 0..255 scale)."""
 
 from __future__ import annotations

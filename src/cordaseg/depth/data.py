@@ -1,4 +1,4 @@
-"""Training data for self-supervised depth (spec section 8): stereo pairs and frame sequences.
+"""Training data for self-supervised depth (docs/method.md, "Self-supervised depth"): stereo pairs and frame sequences.
 
 Two layouts:
 
@@ -11,7 +11,7 @@ Two layouts:
   ``right/`` (the stereo partner of each frame, same file names) and ``intrinsics.json``
   (or one ``intrinsics.json`` at the root for every sequence). The root may itself be a sequence.
   ``intrinsics.json`` holds ``fx, fy, cx, cy`` in pixels of the stored frames, or fractions of
-  the width / height with ``"normalized": true`` (the GTA5 video convention of spec section 8:
+  the width / height with ``"normalized": true`` (the GTA5 video convention of docs/data-formats.md, "Trees for self-supervised depth":
   ``fx = 1.206285, fy = 2.144507, cx = cy = 0.5``), plus ``baseline`` (metres) when ``right/``
   exists.
 

@@ -1,4 +1,4 @@
-"""Evaluating self-supervised depth against ground truth (spec section 8; Eigen et al. metrics).
+"""Evaluating self-supervised depth against ground truth (docs/method.md, "Self-supervised depth"; Eigen et al. metrics).
 
 :func:`depth_errors` gives AbsRel, RMSE and delta < 1.25 over the pixels with valid ground truth
 in metres, optionally after per-image median scaling (the usual protocol for scale-free monocular

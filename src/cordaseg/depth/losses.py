@@ -1,4 +1,4 @@
-"""Self-supervised depth losses (spec section 8; Monodepth2 section 3).
+"""Self-supervised depth losses (docs/method.md, "Self-supervised depth"; Monodepth2 section 3).
 
 - :func:`ssim`: structural similarity on 3x3 windows (reflection padded), per pixel;
 - :func:`photometric_error`: ``0.85 * (1 - SSIM) / 2 + 0.15 * |a - b|``, averaged over channels;

@@ -1,4 +1,5 @@
-"""Self-supervised depth and pose networks, Monodepth2-style (spec section 8; Godard et al. 2019).
+"""Self-supervised depth and pose networks, Monodepth2-style (docs/method.md, "Self-supervised depth";
+Godard et al. 2019).
 
 - :class:`DepthEncoder`: a plain stride-32 ResNet built from the project's residual blocks
   (:func:`cordaseg.models.backbone.make_layer`), returning the five feature maps a U-Net decoder

@@ -1,4 +1,4 @@
-"""Self-supervised target depth in one call (issue: self-supervised depth, part 4; paper section 4.1).
+"""Self-supervised target depth in one call (the CorDA paper, section 4.1).
 
 The paper trains CorDA with target depth that needs no labels: stereo depth for Cityscapes. On a
 tree with stereo pairs and camera files (the synthetic world's target, or real Cityscapes),

@@ -1,4 +1,4 @@
-"""Training self-supervised depth (spec section 8; Monodepth2 sections 3-4).
+"""Training self-supervised depth (docs/method.md, "Self-supervised depth"; Monodepth2 sections 3-4).
 
 :func:`depth_step` is the loss of one batch, a function of (networks, batch, config) that runs on
 CPU with a tiny model: for every scale, the disparity is upsampled to the input resolution, turned

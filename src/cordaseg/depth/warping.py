@@ -1,4 +1,4 @@
-"""View synthesis for self-supervised depth (spec section 8; Monodepth2 section 3).
+"""View synthesis for self-supervised depth (docs/method.md, "Self-supervised depth"; Monodepth2 section 3).
 
 Conventions: pixel ``(u, v)`` are integer coordinates of pixel centres (the synthetic world's and
 Cityscapes' ``u0, v0`` convention); intrinsics ``K`` are (B, 3, 3) in pixels of the image they are

@@ -1,5 +1,5 @@
-"""Frame sequences of the synthetic street world, for monocular self-supervised depth (issue:
-self-supervised depth, part 4; spec section 8).
+"""Frame sequences of the synthetic street world, for monocular self-supervised depth (docs/method.md,
+"Self-supervised depth").
 
 The world (:mod:`cordaseg.world`) renders single frames and stereo pairs. A sequence here is
 one street seen from a camera that drives forward along the lane, ``step_m`` metres per frame,

@@ -1,5 +1,5 @@
-"""AdamW as DAFormer and MIC train with it (Hoyer et al., "DAFormer", CVPR 2022; the repository's
-``configs/_base_/schedules/adamw.py`` and its ``paramwise_cfg``).
+"""AdamW as DAFormer and MIC train with it (Hoyer et al., "DAFormer", CVPR 2022: its optimiser
+settings and per-group learning-rate multipliers).
 
 DAFormer's optimiser is ``torch.optim.AdamW(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)``
 built by mmcv with ``custom_keys``: ``head`` at ``lr_mult=10``, ``norm`` and ``pos_block`` at

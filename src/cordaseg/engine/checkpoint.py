@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, keeping the last K, and exact resume (issue 4, part 3).
+"""Training checkpoints: atomic writes, keeping the last K, and exact resume.
 
 A training checkpoint is the project checkpoint format (``"format": "cordaseg"``,
 ``"format_version": 1``, ``"model_config"``, ``"model"``) plus what a resumed run needs to continue

@@ -1,4 +1,4 @@
-"""The training configuration tree (issue 4, parts 2, 3 and 5; recipe of spec section 3).
+"""The training configuration tree (the recipe of docs/method.md; every key in docs/config.md).
 
 :class:`TrainConfig` composes the model, the three datasets (source, target, validation), the
 adaptation step and the engine's own sections (optimiser, run, evaluation, checkpoints, logging).
@@ -34,7 +34,7 @@ from cordaseg.models.corda import ModelConfig
 
 @dataclass
 class OptimConfig:
-    """SGD with the poly schedule (spec section 3.1), or DAFormer's AdamW with a linear warm-up
+    """SGD with the poly schedule (docs/method.md, "Optimiser and schedule"), or DAFormer's AdamW with a linear warm-up
     (:mod:`cordaseg.engine.adamw`, :mod:`cordaseg.engine.lr_schedule`)."""
 
     name: Literal["sgd", "adamw"] = "sgd"
@@ -151,7 +151,7 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation of the student on the target validation set during training (spec section 4)."""
+    """Evaluation of the student on the target validation set during training (docs/method.md, "Evaluation")."""
 
     every: int = 5000
     """Evaluate every this many iterations (and after the last one); 0 disables evaluation."""

@@ -1,5 +1,5 @@
-"""One training iteration as ``cordaseg train`` runs it (issue 7, part 2; spec section 3: the poly
-schedule of 3.1, steps 2-8 through :func:`~cordaseg.adaptation.adaptation_step`, the SGD update
+"""One training iteration as ``cordaseg train`` runs it (docs/method.md, "Training step"; the
+poly schedule of "Optimiser and schedule", steps 2-8 through :func:`~cordaseg.adaptation.adaptation_step`, the SGD update
 and the EMA teacher of step 9).
 
 :func:`train_iteration` is everything the trainer does per iteration except loading the batch

@@ -1,5 +1,5 @@
 """What a training run shows: ``metrics.jsonl``, TensorBoard scalars and image panels, and a
-progress bar with iterations/s and ETA (issue 4, part 3).
+progress bar with iterations/s and ETA.
 
 Only rank 0 writes; on other ranks a :class:`RunLogger` is built with ``enabled=False`` and every
 method returns at once. Values reach this module as Python floats: the trainer calls ``.item()``

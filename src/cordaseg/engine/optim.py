@@ -1,5 +1,5 @@
 """SGD that can apply a parameter group's update several times per step: the reference's
-parameter multiplicity (docs/reference-behaviour.md, "Parameter multiplicity").
+parameter multiplicity (docs/reference-behaviour.md, "Parameter multiplicity in the optimiser").
 
 The reference lists most backbone tensors several times in its optimiser's parameter list, and
 its SGD (PyTorch 1.7: momentum, no dampening, no Nesterov, coupled weight decay) updates every

@@ -1,4 +1,4 @@
-"""The training loop around the adaptation step (issue 4, parts 3 and 4; recipe of spec section 3).
+"""The training loop around the adaptation step (docs/method.md, "Training step").
 
 :func:`train` runs one configured recipe (CorDA, DACS or source-only) for ``optim.iterations``
 iterations: SGD with the poly schedule and the 1x / 10x parameter groups, the EMA teacher,
@@ -6,7 +6,7 @@ periodic evaluation with best-model keeping, atomic checkpoints (the last K kept
 resume, ``metrics.jsonl`` + TensorBoard + a progress bar, and DDP when launched by ``torchrun``.
 
 Where randomness comes from: the model initialisation from ``run.seed``; the sample order from
-(seed, stream, epoch) (:mod:`cordaseg.engine.sampler`); each iteration's ClassMix and
+(seed, stream, epoch) (:class:`cordaseg.data.loader.EpochSampler`); each iteration's ClassMix and
 augmentation from a generator seeded with (seed, iteration, rank). None of them depends on what
 happened earlier in the process, so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would (bit-identically in ``run.deterministic`` mode).
@@ -435,7 +435,7 @@ class _Run:
         distributed.barrier(self.ctx)
 
     def _evaluate(self) -> None:
-        """Student mIoU on the validation set (spec section 4), sharded over the ranks."""
+        """Student mIoU on the validation set (docs/method.md, "Evaluation"), sharded over the ranks."""
         cfg = self.cfg
         dataset = self.val
         if cfg.eval.max_images:

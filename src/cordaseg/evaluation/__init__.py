@@ -1,4 +1,4 @@
-"""Evaluation (spec section 4) and prediction: metrics, test-time inference, reports.
+"""Evaluation (docs/method.md, "Evaluation") and prediction: metrics, test-time inference, reports.
 
 The library entry points: :func:`evaluate_segmentation` (what ``cordaseg evaluate`` and the
 trainer call) and :func:`predict_files` (``cordaseg predict``).

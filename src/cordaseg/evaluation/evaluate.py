@@ -1,4 +1,4 @@
-"""Evaluation on a labelled validation set (spec section 4): the paper's protocol by default.
+"""Evaluation on a labelled validation set (docs/method.md, "Evaluation"): the paper's protocol by default.
 
 The paper's protocol: Cityscapes val, input resized to 1024x512, semantic logits upsampled
 bilinearly (``align_corners=True``) to the full 2048x1024 labels, mIoU from one confusion

@@ -1,4 +1,4 @@
-"""Test-time inference shared by ``evaluate`` and ``predict`` (spec section 4 and beyond).
+"""Test-time inference shared by ``evaluate`` and ``predict`` (docs/method.md, "Evaluation", and beyond).
 
 The paper's protocol is one forward pass on the resized image, with each head's output upsampled
 bilinearly (``align_corners=True``, :func:`cordaseg.models.output.upsample`, the upsampling of the

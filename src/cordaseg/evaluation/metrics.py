@@ -1,4 +1,4 @@
-"""Segmentation and depth metrics (spec section 4: mIoU on 19 / 16 / 13 classes).
+"""Segmentation and depth metrics (docs/method.md, "Evaluation": mIoU on 19 / 16 / 13 classes).
 
 The confusion matrix is accumulated on the device with one ``bincount`` per batch and summed
 over processes with a single ``all_reduce``; everything else is computed from it on the host.
@@ -11,8 +11,8 @@ against road under the 16-class protocol. A class that appears neither in the gr
 nor in the predictions has an undefined IoU (NaN) and is left out of the mean, as in the
 official Cityscapes scripts.
 
-Depth metrics compare a depth head with the loader's depth value (spec section 5, an
-inverse-depth-like quantity where exactly 1.0 marks invalid pixels) over valid pixels:
+Depth metrics compare a depth head with the loader's depth value (docs/data-formats.md, "Depth
+values", an inverse-depth-like quantity where exactly 1.0 marks invalid pixels) over valid pixels:
 AbsRel = mean(|pred - gt| / gt), RMSE = sqrt(mean((pred - gt)^2)), delta1 = the fraction of
 pixels with max(pred / gt, gt / pred) < 1.25. They are computed in that value space, not in
 metres.

@@ -1,4 +1,4 @@
-"""Prediction on image files (issue 5, part 2), with the evaluation protocol of spec section 4.
+"""Prediction on image files, with the evaluation protocol of docs/method.md, "Evaluation".
 
 Each image is resized to the inference size (1024x512 by default, like Cityscapes val), run
 through the model (optionally with sliding windows / multi-scale + flip TTA), and the outputs

@@ -1,4 +1,4 @@
-"""Pictures of an evaluation (issue 5, part 3): a confusion-matrix heat map, a per-class IoU bar
+"""Pictures of an evaluation: a confusion-matrix heat map, a per-class IoU bar
 chart and sample panels (image | ground truth | prediction | depth | error map).
 
 Drawn with PIL and OpenCV colour maps only, so the package needs no plotting library. Also the

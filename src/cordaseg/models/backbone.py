@@ -1,4 +1,4 @@
-"""DeepLabV2 "caffe" ResNet backbone (spec section 2), one builder for depths 18/34/50/101.
+"""DeepLabV2 "caffe" ResNet backbone (docs/method.md, "Network"), one builder for depths 18/34/50/101.
 
 Differences from a torchvision ResNet, all from DeepLabV2:
 - the max-pool uses ``ceil_mode=True`` (a 512 input gives 129 after the stem, 65 at the output);

@@ -1,11 +1,11 @@
-"""Import of the reference's checkpoints and of DeepLab initialisation files (spec sections 2, 3).
+"""Import of the reference's checkpoints and of DeepLab initialisation files (docs/method.md, "Network").
 
 The mapping between the reference's parameter names and the project's is one literal table of
 key prefixes, used in both directions. A conversion is refused, with the offending keys named,
 when a target key would stay unfilled, a source key would go unused (outside the documented
 skips) or a shape differs.
 
-Reference variants (``../shared/reference/reference_*_state_dict.tsv``):
+Reference variants (their key tables: ``tests/reference/reference_*_state_dict.tsv``):
 
 ========== ===================================================================================
 gta        CorDA, ASPP initial semantic classifier (GTA5 -> Cityscapes)

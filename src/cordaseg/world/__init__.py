@@ -1,4 +1,4 @@
-"""The synthetic street world (issue 6): a procedural street scene generator with two domains,
+"""The synthetic street world (README, "The synthetic street world"): a procedural street scene generator with two domains,
 rendered by vectorised ray casting and written as GTA5 (source) and Cityscapes (target) trees."""
 
 from cordaseg.world.domains import SOURCE, TARGET, Domain, Frame, render_frame, target_domain

@@ -1,4 +1,4 @@
-"""The two domains of the synthetic street world (issue 6, part 2): appearance, camera, frequencies.
+"""The two domains of the synthetic street world: appearance, camera, frequencies.
 
 Both domains draw streets from the same grammar (:mod:`cordaseg.world.scene`) and differ in
 everything a real synthetic-to-real gap differs in:

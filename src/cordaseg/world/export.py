@@ -1,9 +1,9 @@
-"""Writing the synthetic street world as real dataset trees (issue 6, part 3).
+"""Writing the synthetic street world as real dataset trees.
 
 - The **source** domain becomes a GTA5 tree (``images/``, ``labels/`` palette PNGs of Cityscapes
   label IDs, ``disparity/`` uint16 PNGs). Its rendered metric depth ``Z`` is mapped to the
   loader's inverse-depth-like value with the *same* formula as the Cityscapes stereo decode
-  (spec section 5), ``655.36 / (Z + 0.01)``, then encoded the GTA way, ``round((v - 1) * 256)``.
+  (docs/data-formats.md, "Depth values"), ``655.36 / (Z + 0.01)``, then encoded the GTA way, ``round((v - 1) * 256)``.
   So both domains' depth lives on one scale. Sky is invalid (encoded 0, decoded exactly 1.0);
   the 16-bit code saturates below ``655.36 / 257 - 0.01 = 2.54`` m, nearer points read as 2.54 m.
 - The **target** domain becomes a Cityscapes tree: ``leftImg8bit``/``rightImg8bit`` for train and

@@ -1,4 +1,4 @@
-"""Vectorised ray casting of a street scene (issue 6, part 1): depth, labels, normals, stereo.
+"""Vectorised ray casting of a street scene: depth, labels, normals, stereo.
 
 Every pixel's ray is cast against the ground plane and every primitive of a
 :class:`~cordaseg.world.scene.Scene`. The loop runs over primitives, never over pixels:

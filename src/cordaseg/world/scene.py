@@ -1,4 +1,4 @@
-"""The scene grammar of the synthetic street world (issue 6, part 1): random street layouts.
+"""The scene grammar of the synthetic street world: random street layouts.
 
 A scene is a straight street seen from a car: a road with lanes and markings, raised sidewalks
 with kerbs, grass verges, building façades of varying height and setback, walls, fences, hedges,
@@ -8,7 +8,7 @@ spheres over the ground plane ``y = 0``, so :mod:`cordaseg.world.render` can ray
 few vectorised numpy operations per primitive.
 
 World coordinates are metres: ``x`` to the right, ``y`` up, ``z`` forward along the street. Each
-primitive carries a Cityscapes label ID (spec section 5), a material (how a domain paints it) and a
+primitive carries a Cityscapes label ID (docs/data-formats.md, "Labels"), a material (how a domain paints it) and a
 random tint (per-instance colour variation). How often each kind of object appears is a parameter
 (:class:`SceneParams`), which is one of the ways the two domains differ.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Cityscapes label IDs (spec section 5) of the classes the world draws.
+# Cityscapes label IDs (docs/data-formats.md, "Labels") of the classes the world draws.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
 TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 19, 20, 21, 22, 23
 PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28, 31, 32, 33

@@ -148,6 +148,21 @@ def _write_target(root: Path, split: str, index: int, frame: Frame, rng: np.rand
         formats.write_stereo_depth_mat(paths.depth, stereo_depth(frame.depth, frame.right_depth, cam, rng))
 
 
+def _run_jobs(fn, jobs: list[tuple], workers: int | None, desc: str, progress: bool) -> None:
+    """Run ``fn`` on every job, in a process pool of ``workers`` (None: one per CPU; 0: in this
+    process; fewer than 4 jobs also run here), with a progress bar counting frames."""
+    workers = os.cpu_count() or 1 if workers is None else int(workers)
+    with tqdm(total=len(jobs), desc=desc, unit="frame", disable=not progress) as bar:
+        if workers <= 0 or len(jobs) < 4:
+            for job in jobs:
+                fn(job)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(fn, jobs, chunksize=8):
+                bar.update()
+
+
 def _make_frame(job: tuple) -> None:
     """Render and write one frame; a top-level function so worker processes can run it."""
     stream, index, root, size, shift, seed = job
@@ -215,17 +230,7 @@ def export_exact_depth(world_dir: str | Path, cfg: WorldConfig, out_dir: str | P
             os.symlink(child, link, target_is_directory=child.is_dir())
     counts = {"train": cfg.num_target_train, "val": cfg.num_target_val}
     jobs = [(split, i, str(out), tuple(cfg.size), cfg.shift, cfg.seed) for split in splits for i in range(counts[split])]
-    workers = os.cpu_count() or 1 if workers is None else int(workers)
-    bar = tqdm(total=len(jobs), desc="exact target depth", unit="frame", disable=not progress)
-    if workers <= 0 or len(jobs) < 4:
-        for job in jobs:
-            _write_exact_depth(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_write_exact_depth, jobs, chunksize=8):
-                bar.update()
-    bar.close()
+    _run_jobs(_write_exact_depth, jobs, workers, "exact target depth", progress)
     tmp = manifest.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(wanted, indent=2))
     tmp.replace(manifest)
@@ -300,17 +305,7 @@ def generate_world(out_dir: str | Path, num_source: int, num_target_train: int, 
     jobs = [("source", i, str(source_root), (width, height), shift, seed) for i in range(spec["num_source"])]
     jobs += [("train", i, str(target_root), (width, height), shift, seed) for i in range(spec["num_target_train"])]
     jobs += [("val", i, str(target_root), (width, height), shift, seed) for i in range(spec["num_target_val"])]
-    workers = os.cpu_count() or 1 if workers is None else int(workers)
-    bar = tqdm(total=len(jobs), desc="rendering world", unit="frame", disable=not progress)
-    if workers <= 0 or len(jobs) < 4:
-        for job in jobs:
-            _make_frame(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_make_frame, jobs, chunksize=8):
-                bar.update()
-    bar.close()
+    _run_jobs(_make_frame, jobs, workers, "rendering world", progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = manifest.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(spec, indent=2))

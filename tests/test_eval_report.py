@@ -12,9 +12,11 @@ from cordaseg.evaluation.report import (
     CORRECT_RGB,
     IGNORED_RGB,
     WRONG_RGB,
+    apply_colormap,
     colorize_depth,
     confusion_heatmap,
     error_map,
+    heatmap_origin,
     iou_bar_chart,
     overlay,
     sample_panel,
@@ -62,11 +64,23 @@ def test_colorize_depth_and_overlay():
 
 def test_heatmap_diagonal_cells_follow_the_row_normalised_values():
     confusion = np.diag(np.arange(1, 20)) * 10
-    confusion[0, 1] = 10  # row 0: 50% correct
-    picture = np.asarray(confusion_heatmap(confusion, CLASS_NAMES, cell=22))
-    assert picture.ndim == 3 and picture.shape[0] > 19 * 22 and picture.shape[1] > 19 * 22
-    # the full-diagonal cell (1.0) and the half cell (0.5) have different colours
-    assert len({tuple(c) for c in picture.reshape(-1, 3)}) > 10
+    confusion[0, 1] = 10  # row 0: 50% correct, 50% predicted as class 1
+    cell = 22
+    picture = np.asarray(confusion_heatmap(confusion, CLASS_NAMES, cell=cell))
+    left, top = heatmap_origin(CLASS_NAMES)
+    assert picture.shape[0] >= top + 19 * cell and picture.shape[1] >= left + 19 * cell
+
+    def colour(row: int, column: int) -> tuple[int, ...]:
+        # a corner pixel of the cell: the percentage is written in its middle
+        return tuple(picture[top + row * cell + 1, left + column * cell + 1])
+
+    def colormap(value: float) -> tuple[int, ...]:
+        return tuple(apply_colormap(np.array([[value]]))[0, 0])
+
+    assert colour(0, 0) == colormap(0.5) and colour(0, 1) == colormap(0.5)  # row 0 is split in half
+    for c in range(1, 19):
+        assert colour(c, c) == colormap(1.0), c  # every other row: all on the diagonal
+    assert colour(1, 0) == colormap(0.0) and colormap(0.5) != colormap(1.0) != colormap(0.0)
 
 
 def test_bar_chart_uses_the_class_palette():

@@ -101,15 +101,21 @@ def sample_panel(sample: EvalSample, height: int = 256) -> Image.Image:
     return panel
 
 
+def heatmap_origin(class_names: Sequence[str]) -> tuple[int, int]:
+    """(x, y) of the top-left cell of :func:`confusion_heatmap`: right of the row names, below the
+    rotated column names and the title."""
+    label_w = max(_text_size(n)[0] for n in class_names) + 8
+    return label_w + 4, label_w + 20
+
+
 def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], cell: int = 22) -> Image.Image:
     """Row-normalised confusion matrix (each ground-truth row sums to 1) as a viridis heat map."""
     matrix = np.asarray(confusion, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     count = matrix.shape[0]
-    label_w = max(_text_size(n)[0] for n in class_names) + 8
-    top = label_w + 20  # rotated column names plus the axis title
-    left = label_w + 4
+    left, top = heatmap_origin(class_names)
+    label_w = left - 4
     width, height = left + count * cell + 10, top + count * cell + 10
     image = Image.new("RGB", (width, height), BACKGROUND)
     cells = apply_colormap(normalised)  # (C, C, 3)

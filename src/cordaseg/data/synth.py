@@ -60,49 +60,76 @@ class Scene:
     ego_rows: int  # bottom rows covered by the ego vehicle (ignored label)
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
-    """Draw a random street scene of ``width`` x ``height`` pixels."""
-    focal = 0.6 * width
-    horizon = height * rng.uniform(0.38, 0.5)
-    rows = np.arange(height, dtype=np.float64)[:, None] + 0.5  # (H, 1)
-    cols = np.arange(width, dtype=np.float64)[None, :] + 0.5  # (1, W)
-    centre = width * rng.uniform(0.4, 0.6)
+class _Canvas:
+    """The label, depth and instance images of one scene as it is drawn, with the pinhole camera
+    1.5 m above a flat ground that places everything in it."""
 
-    train_ids = np.full((height, width), 10, dtype=np.uint8)  # sky
-    depth = np.full((height, width), np.inf)
-    instance_ids = np.zeros((height, width), dtype=np.uint16)
+    def __init__(self, rng: np.random.Generator, width: int, height: int):
+        self.focal = 0.6 * width
+        self.horizon = height * rng.uniform(0.38, 0.5)
+        self.rows = np.arange(height, dtype=np.float64)[:, None] + 0.5  # (H, 1)
+        self.cols = np.arange(width, dtype=np.float64)[None, :] + 0.5  # (1, W)
+        self.centre = width * rng.uniform(0.4, 0.6)
+        self.train_ids = np.full((height, width), 10, dtype=np.uint8)  # sky
+        self.depth = np.full((height, width), np.inf)
+        self.instance_ids = np.zeros((height, width), dtype=np.uint16)
 
-    # Ground plane below the horizon: road in the middle, then sidewalk, then terrain.
-    below = np.maximum(rows - horizon, 1e-6)
-    ground_depth = np.minimum(focal * CAMERA_HEIGHT_M / below, MAX_DEPTH_M)  # (H, 1)
-    lateral_m = np.abs(cols - centre) * ground_depth / focal  # (H, W)
-    road_half_m = rng.uniform(3.0, 6.0)
-    sidewalk_m = road_half_m + rng.uniform(2.0, 4.0)
-    ground = (rows > horizon) & np.ones_like(cols, dtype=bool)
-    ground_class = np.where(lateral_m < road_half_m, 0, np.where(lateral_m < sidewalk_m, 1, 9))
-    train_ids[ground] = ground_class[ground]
-    depth[ground] = np.broadcast_to(ground_depth, depth.shape)[ground]
-
-    def paint(mask: np.ndarray, class_id: int, object_depth: float, instance: int = 0) -> None:
+    def paint(self, mask: np.ndarray, class_id: int, object_depth: float, instance: int = 0) -> None:
         """Paint where the object is nearer than what is already there (z-buffer)."""
-        visible = mask & (object_depth < depth)
-        train_ids[visible] = class_id
-        depth[visible] = object_depth
+        visible = mask & (object_depth < self.depth)
+        self.train_ids[visible] = class_id
+        self.depth[visible] = object_depth
         if instance:
-            instance_ids[visible] = instance
+            self.instance_ids[visible] = instance
 
-    def foot_row(distance_m: float) -> float:
-        return horizon + focal * CAMERA_HEIGHT_M / distance_m
+    def foot_row(self, distance_m: float) -> float:
+        return self.horizon + self.focal * CAMERA_HEIGHT_M / distance_m
 
-    def upright(distance_m: float, lateral: float, width_m: float, height_m: float) -> np.ndarray:
+    def upright(self, distance_m: float, lateral: float, width_m: float, height_m: float) -> np.ndarray:
         """Mask of an upright box standing on the ground at ``distance_m``."""
-        scale = focal / distance_m
-        bottom = foot_row(distance_m)
-        x0 = centre + lateral * scale
+        scale = self.focal / distance_m
+        bottom = self.foot_row(distance_m)
+        x0 = self.centre + lateral * scale
+        rows, cols = self.rows, self.cols
         return ((rows < bottom) & (rows >= bottom - height_m * scale)
                 & (cols >= x0 - 0.5 * width_m * scale) & (cols < x0 + 0.5 * width_m * scale))
 
-    # Facades along both sides of the street: buildings, some walls, fences and vegetation.
+
+def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
+    """Draw a random street scene of ``width`` x ``height`` pixels: the ground, the facades along
+    the street, the objects standing on it, and the ego vehicle's bonnet (void)."""
+    canvas = _Canvas(rng, width, height)
+    road_half_m, sidewalk_m = _ground(canvas, rng)
+    _facades(canvas, rng, sidewalk_m)
+    _street_objects(canvas, rng, road_half_m, sidewalk_m)
+    # The ego vehicle's bonnet at the bottom is void in the labels, like in Cityscapes.
+    ego_rows = max(1, int(round(height * rng.uniform(0.0, 0.08))))
+    label = canvas.train_ids.copy()
+    label[height - ego_rows:] = IGNORE_INDEX
+    rgb = _render(rng, canvas.train_ids, canvas.depth, ego_rows)
+    return Scene(label, canvas.instance_ids, canvas.depth, rgb, ego_rows)
+
+
+def _ground(canvas: _Canvas, rng: np.random.Generator) -> tuple[float, float]:
+    """The ground plane below the horizon: road in the middle, then sidewalk, then terrain;
+    returns (half the road's width, the sidewalk's outer edge) in metres."""
+    rows, cols, focal = canvas.rows, canvas.cols, canvas.focal
+    below = np.maximum(rows - canvas.horizon, 1e-6)
+    ground_depth = np.minimum(focal * CAMERA_HEIGHT_M / below, MAX_DEPTH_M)  # (H, 1)
+    lateral_m = np.abs(cols - canvas.centre) * ground_depth / focal  # (H, W)
+    road_half_m = rng.uniform(3.0, 6.0)
+    sidewalk_m = road_half_m + rng.uniform(2.0, 4.0)
+    ground = (rows > canvas.horizon) & np.ones_like(cols, dtype=bool)
+    ground_class = np.where(lateral_m < road_half_m, 0, np.where(lateral_m < sidewalk_m, 1, 9))
+    canvas.train_ids[ground] = ground_class[ground]
+    canvas.depth[ground] = np.broadcast_to(ground_depth, canvas.depth.shape)[ground]
+    return road_half_m, sidewalk_m
+
+
+def _facades(canvas: _Canvas, rng: np.random.Generator, sidewalk_m: float) -> None:
+    """Facades along both sides of the street: buildings, some walls, fences and vegetation."""
+    rows, cols, focal, horizon, centre = canvas.rows, canvas.cols, canvas.focal, canvas.horizon, canvas.centre
+    train_ids, depth = canvas.train_ids, canvas.depth
     for side in (-1.0, 1.0):
         distance = rng.uniform(4.0, 12.0)
         while distance < 120.0:
@@ -124,7 +151,9 @@ def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
             depth[visible] = np.broadcast_to(facade_depth, depth.shape)[visible]
             distance = far + rng.uniform(0.0, 4.0)
 
-    # Objects standing on the ground, drawn with the z-buffer: cars, people, riders, poles, signs.
+
+def _street_objects(canvas: _Canvas, rng: np.random.Generator, road_half_m: float, sidewalk_m: float) -> None:
+    """Objects standing on the ground, drawn with the z-buffer: cars, people, riders, poles, signs."""
     instance = 1
     for _ in range(int(rng.integers(3, 9))):
         class_id = int(rng.choice([13, 13, 13, 11, 11, 12, 14, 15, 17, 18]))
@@ -135,22 +164,14 @@ def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
         else:
             lateral = rng.choice([-1.0, 1.0]) * rng.uniform(road_half_m, sidewalk_m)
             size = (0.6, 1.8) if class_id in (11, 12) else (0.8, 1.4)
-        paint(upright(distance, lateral, *size), class_id, distance, instance)
+        canvas.paint(canvas.upright(distance, lateral, *size), class_id, distance, instance)
         instance += 1
     for _ in range(int(rng.integers(1, 4))):
         distance = rng.uniform(5.0, 50.0)
         lateral = rng.choice([-1.0, 1.0]) * (road_half_m + 0.5)
-        paint(upright(distance, lateral, 0.25, 4.5), 5, distance)
-        sign_mask = upright(distance, lateral, 0.9, 4.5) & ~upright(distance, lateral, 0.9, 3.6)
-        paint(sign_mask, int(rng.choice([6, 7])), distance - 0.05)
-
-    # The ego vehicle's bonnet at the bottom is void in the labels, like in Cityscapes.
-    ego_rows = max(1, int(round(height * rng.uniform(0.0, 0.08))))
-    label = train_ids.copy()
-    label[height - ego_rows:] = IGNORE_INDEX
-
-    rgb = _render(rng, train_ids, depth, ego_rows)
-    return Scene(label, instance_ids, depth, rgb, ego_rows)
+        canvas.paint(canvas.upright(distance, lateral, 0.25, 4.5), 5, distance)
+        sign_mask = canvas.upright(distance, lateral, 0.9, 4.5) & ~canvas.upright(distance, lateral, 0.9, 3.6)
+        canvas.paint(sign_mask, int(rng.choice([6, 7])), distance - 0.05)
 
 
 def _render(rng: np.random.Generator, train_ids: np.ndarray, depth: np.ndarray, ego_rows: int) -> np.ndarray:

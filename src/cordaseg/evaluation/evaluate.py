@@ -266,11 +266,7 @@ def evaluate_segmentation(
     was_training = model.training
     model.eval()
     run = model_callable(model, inference.precision)
-    confusion = ConfusionMatrix(num_classes, device)
-    binned = DepthBinnedConfusion(depth_bins, num_classes, device) if depth_bins is not None else None
-    depth_meters: dict[str, DepthMeter] = {}
-    image_count = torch.zeros((), dtype=torch.int64, device=device)
-    samples: list[EvalSample] = []
+    tally = _Tally(num_classes, device, depth_bins, keep_samples)
     total = len(loader) if hasattr(loader, "__len__") else None
     try:
         for batch in tqdm(loader, total=total, desc="evaluate", disable=not progress or rank != 0, leave=False):
@@ -279,53 +275,80 @@ def evaluate_segmentation(
             out_size = tuple(label.shape[-2:]) if output_size == "full" else tuple(image.shape[-2:])
             label = _to_scored_size(label, out_size)
             outputs = infer(run, image, inference, out_size)
-            prediction = outputs[SEMANTIC].argmax(1)  # (B, H, W)
-            confusion.update(prediction, label)
-            image_count += image.shape[0]
-
-            if "depth" in batch:
-                depth_target = batch["depth"].to(device, non_blocking=True).float()
-                depth_target = _to_scored_size(depth_target, out_size)
-                if binned is not None:
-                    binned.update(prediction, label, depth_target)
-                for head, value in outputs.items():
-                    if head == SEMANTIC:
-                        continue
-                    meter = depth_meters.setdefault(head, DepthMeter(device))
-                    meter.update(upsample(value, tuple(depth_target.shape[-2:]))[:, 0], depth_target)
-
-            for i in range(min(image.shape[0], keep_samples - len(samples))):
-                depth = outputs.get("depth")
-                samples.append(EvalSample(
-                    name=batch.get("name", [""] * image.shape[0])[i] or str(len(samples)),
-                    image=to_display_rgb(image[i]),
-                    label=label[i].clamp(0, 255).to(torch.uint8).cpu().numpy(),
-                    prediction=prediction[i].to(torch.uint8).cpu().numpy(),
-                    depth=None if depth is None else depth[i, 0].cpu().numpy(),
-                ))
+            depth = batch.get("depth")
+            if depth is not None:
+                depth = _to_scored_size(depth.to(device, non_blocking=True).float(), out_size)
+            tally.update(image, label, depth, outputs, batch.get("name"))
     finally:
         model.train(was_training)
-
     if distributed:
-        confusion.all_reduce()
-        if binned is not None:
-            binned.all_reduce()
-        for meter in depth_meters.values():
+        tally.all_reduce()
+    return tally.result(class_names)
+
+
+class _Tally:
+    """What :func:`evaluate_segmentation` accumulates on the device: the confusion matrix, the
+    depth-binned matrices, the depth sums of every depth head, the image count, and the first
+    ``keep_samples`` images (on the host) for pictures."""
+
+    def __init__(self, num_classes: int, device: torch.device, depth_bins: Sequence[float] | None,
+                 keep_samples: int) -> None:
+        self.confusion = ConfusionMatrix(num_classes, device)
+        self.binned = DepthBinnedConfusion(depth_bins, num_classes, device) if depth_bins is not None else None
+        self.depth_meters: dict[str, DepthMeter] = {}
+        self.image_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.samples: list[EvalSample] = []
+        self.keep_samples = keep_samples
+        self.device = device
+
+    def update(self, image: torch.Tensor, label: torch.Tensor, depth_target: torch.Tensor | None,
+               outputs: dict[str, torch.Tensor], names: list[str] | None) -> None:
+        """One batch: (B, 3, h, w) images, (B, H, W) labels and depth at the scored size, the heads'
+        outputs at that size."""
+        prediction = outputs[SEMANTIC].argmax(1)  # (B, H, W)
+        self.confusion.update(prediction, label)
+        self.image_count += image.shape[0]
+        if depth_target is not None:
+            if self.binned is not None:
+                self.binned.update(prediction, label, depth_target)
+            for head, value in outputs.items():
+                if head == SEMANTIC:
+                    continue
+                meter = self.depth_meters.setdefault(head, DepthMeter(self.device))
+                meter.update(upsample(value, tuple(depth_target.shape[-2:]))[:, 0], depth_target)
+        for i in range(min(image.shape[0], self.keep_samples - len(self.samples))):
+            depth = outputs.get("depth")
+            self.samples.append(EvalSample(
+                name=(names or [""] * image.shape[0])[i] or str(len(self.samples)),
+                image=to_display_rgb(image[i]),
+                label=label[i].clamp(0, 255).to(torch.uint8).cpu().numpy(),
+                prediction=prediction[i].to(torch.uint8).cpu().numpy(),
+                depth=None if depth is None else depth[i, 0].cpu().numpy(),
+            ))
+
+    def all_reduce(self) -> None:
+        """Sum everything over the processes (the samples stay each process's own)."""
+        self.confusion.all_reduce()
+        if self.binned is not None:
+            self.binned.all_reduce()
+        for meter in self.depth_meters.values():
             meter.all_reduce()
-        all_reduce_sum(image_count)
-    scores = segmentation_scores(confusion.numpy(), class_names)
-    bins = depth_bin_scores(binned.numpy(), binned.edges) if binned is not None else []
-    return EvalResult(
-        confusion=scores.confusion,
-        iou=scores.iou,
-        miou=scores.miou,
-        pixel_accuracy=scores.pixel_accuracy,
-        # heads scored on no valid pixel (e.g. val items without depth files) are left out
-        depth={head: values for head, meter in sorted(depth_meters.items())
-               if (values := meter.compute())["pixels"] > 0},
-        num_images=int(image_count.item()),
-        class_names=scores.class_names,
-        samples=samples,
-        # no range at all without a single pixel of valid depth (items without depth files)
-        depth_bins=bins if sum(b.pixels for b in bins) > 0 else [],
-    )
+        all_reduce_sum(self.image_count)
+
+    def result(self, class_names: tuple[str, ...] | None) -> EvalResult:
+        scores = segmentation_scores(self.confusion.numpy(), class_names)
+        bins = depth_bin_scores(self.binned.numpy(), self.binned.edges) if self.binned is not None else []
+        return EvalResult(
+            confusion=scores.confusion,
+            iou=scores.iou,
+            miou=scores.miou,
+            pixel_accuracy=scores.pixel_accuracy,
+            # heads scored on no valid pixel (e.g. val items without depth files) are left out
+            depth={head: values for head, meter in sorted(self.depth_meters.items())
+                   if (values := meter.compute())["pixels"] > 0},
+            num_images=int(self.image_count.item()),
+            class_names=scores.class_names,
+            samples=self.samples,
+            # no range at all without a single pixel of valid depth (items without depth files)
+            depth_bins=bins if sum(b.pixels for b in bins) > 0 else [],
+        )

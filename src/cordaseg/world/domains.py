@@ -184,8 +184,17 @@ def _frac(x: np.ndarray) -> np.ndarray:
 
 
 def shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: int,
-           rng: np.random.Generator, exposure: float) -> np.ndarray:
-    """GBuffer -> (H, W, 3) uint8 RGB in the domain's appearance."""
+          rng: np.random.Generator, exposure: float) -> np.ndarray:
+    """GBuffer -> (H, W, 3) uint8 RGB in the domain's appearance: surface colours lit by the sun,
+    the sky and fog, then the sensor (``rng`` draws only the sensor noise)."""
+    rgb = _albedo(scene, gb, look, seed) * _light(scene, gb, look, sun)[..., None]  # (H, W, 3)
+    rgb = _sky_and_fog(rgb, gb, look, seed)
+    return _sensor(rgb, look, rng, exposure)
+
+
+def _albedo(scene: Scene, gb: GBuffer, look: Appearance, seed: int) -> np.ndarray:
+    """(H, W, 3) surface colour: the material's base colour per primitive, the patterns of road,
+    facades, fences and paving, and value-noise texture."""
     h, w = gb.depth.shape
     palette = np.asarray(look.palette, dtype=np.float32)  # (materials, 3)
     variation = np.asarray(look.tint_variation, dtype=np.float32)
@@ -196,7 +205,6 @@ def shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: in
     colours = np.clip(grey + look.saturation * (colours - grey), 0.0, 1.0)
 
     prim = gb.primitive
-    sky = prim == -2
     ground = prim == -1
     objects = prim >= 0
     label = gb.label
@@ -237,14 +245,22 @@ def shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: in
     a, b = px + pz, py + 0.37 * pz
     noise = _value_noise(a, b, 4.0, seed) + 0.5 * _value_noise(a, b, 13.0, seed + 1)
     albedo *= (1.0 + 2.0 * texture[material] * noise)[..., None]
+    return albedo
 
+
+def _light(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray) -> np.ndarray:
+    """(H, W) light reaching each pixel."""
     # Light: ambient + Lambert sun, minus hard shadows.
     lambert = np.clip(gb.normal @ sun.astype(np.float32), 0.0, 1.0)
     if look.shadow > 0:
         casters = np.flatnonzero(scene.box_max[:, 1] > 0.5)
         lambert *= 1.0 - look.shadow * shadow_mask(scene, gb, sun, casters)
-    rgb = albedo * (look.ambient + look.diffuse * lambert)[..., None]
+    return look.ambient + look.diffuse * lambert
 
+
+def _sky_and_fog(rgb: np.ndarray, gb: GBuffer, look: Appearance, seed: int) -> np.ndarray:
+    """The sky's pixels painted, then fog over everything by distance."""
+    sky = gb.primitive == -2
     # Sky: a vertical gradient, clouds; then fog with distance (the sky is all fog colour far away).
     dirs = gb.camera.ray_directions()
     elevation = dirs[..., 1] / np.linalg.norm(dirs, axis=-1)
@@ -260,7 +276,12 @@ def shade(scene: Scene, gb: GBuffer, look: Appearance, sun: np.ndarray, seed: in
         distance = np.where(sky, 1e4, gb.depth * np.linalg.norm(dirs, axis=-1))
         keep = np.exp(-look.fog_density * distance)[..., None]
         rgb = keep * rgb + (1 - keep) * np.asarray(look.fog_colour, dtype=np.float32)
+    return rgb
 
+
+def _sensor(rgb: np.ndarray, look: Appearance, rng: np.random.Generator, exposure: float) -> np.ndarray:
+    """Exposure, contrast, colour cast, vignetting, blur and noise, then 8-bit values."""
+    h, w = rgb.shape[:2]
     # The sensor: exposure, contrast, colour cast, vignetting, blur, noise.
     rgb = rgb * exposure
     rgb = (rgb - 0.5) * look.contrast + 0.5

@@ -160,9 +160,32 @@ def _count(rng: np.random.Generator, per_100m: float) -> int:
     return int(rng.poisson(max(per_100m, 0.0) * STREET_LENGTH / 100.0))
 
 
+@dataclass
+class _Street:
+    """The street's cross-section, which every object is placed against."""
+
+    half: float  # x of the kerbs: half the road's width
+    lane_centres: np.ndarray  # x of the middle of each lane
+    camera_x: float  # the camera's lane
+    sides: dict[float, tuple[float, float, float]]  # side (-1, 1) -> (sidewalk width, kerb height, verge width)
+
+
 def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
-    """Draw one random street layout from the grammar."""
+    """Draw one random street layout from the grammar: the road, sidewalks and buildings, then
+    what stands along and on the street, in a fixed order of draws from ``rng``."""
     b = _Builder(rng)
+    street = _road_and_buildings(params, b)
+    _verges(params, b, street)
+    _trees_and_poles(params, b, street)
+    _vehicles(params, b, street)
+    _people(params, b, street)
+    lane_lines = -street.half + params.lane_width * np.arange(1, len(street.lane_centres))
+    return b.build(street.half, lane_lines, street.camera_x)
+
+
+def _road_and_buildings(params: SceneParams, b: _Builder) -> _Street:
+    """The lanes and the camera's lane, then per side the raised sidewalk and the building line."""
+    rng = b.rng
     lanes = int(rng.integers(params.lanes_min, params.lanes_max + 1))
     half = lanes * params.lane_width / 2.0
     lane_centres = -half + params.lane_width * (np.arange(lanes) + 0.5)
@@ -189,8 +212,13 @@ def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
                 b.box(side * (front + setback), side * (front + setback + rng.uniform(10, 20)),
                       0.0, height, z, z + length, BUILDING, "building")
             z += length + (rng.uniform(0.0, 2.0) if rng.random() < 0.3 else 0.0)
+    return _Street(half, lane_centres, camera_x, sides)
 
-    # Plot borders on the verge line: walls, fences and hedges.
+
+def _verges(params: SceneParams, b: _Builder, street: _Street) -> None:
+    """Walls, fences and hedges on the verge line, grass patches on the sidewalks."""
+    rng = b.rng
+    half, sides = street.half, street.sides
     for kind, rate in (("wall", params.walls), ("fence", params.fences), ("hedge", params.hedges)):
         for _ in range(_count(rng, rate)):
             side = rng.choice((-1.0, 1.0))
@@ -216,6 +244,11 @@ def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
             z0 = rng.uniform(0.0, STREET_LENGTH)
             b.box(side * x0, side * x1, 0.0, kerb + 0.03, z0, z0 + rng.uniform(3.0, 12.0), TERRAIN, "terrain")
 
+
+def _trees_and_poles(params: SceneParams, b: _Builder, street: _Street) -> None:
+    """Trees on the verges and sidewalks; poles along the kerbs with traffic lights and signs."""
+    rng = b.rng
+    half, sides = street.half, street.sides
     for _ in range(_count(rng, params.trees)):
         side = rng.choice((-1.0, 1.0))
         walk, kerb, verge = sides[side]
@@ -248,7 +281,13 @@ def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
             s = rng.uniform(0.3, 0.45)
             b.box(x - s, x + s, sy - 2 * s, sy, z - w - 0.04, z - w, TRAFFIC_SIGN, "sign")
 
-    # Vehicles: parked along the kerbs, moving in the lanes (never right in front of the camera).
+
+def _vehicles(params: SceneParams, b: _Builder, street: _Street) -> None:
+    """Cars, trucks and buses parked along the kerbs or in the lanes, sometimes a tram."""
+    rng = b.rng
+    half, lane_centres, camera_x = street.half, street.lane_centres, street.camera_x
+
+    # Parked along the kerbs, moving in the lanes (never right in front of the camera).
     def vehicle_slot(length: float) -> tuple[float, float] | None:
         for _ in range(6):
             if rng.random() < 0.35:
@@ -300,7 +339,11 @@ def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
         b.box(x - 1.3, x + 1.3, 2.6, 3.4, z, z + length, TRAIN, "paint")
         b.box(x - 0.05, x + 0.05, 3.4, 5.8, z + 0.3 * length, z + 0.32 * length, POLE, "pole")
 
-    # People on the sidewalks, some crossing the road; riders near the kerbs or in lanes.
+
+def _people(params: SceneParams, b: _Builder, street: _Street) -> None:
+    """Pedestrians on the sidewalks (some crossing), riders, and bikes parked on the sidewalks."""
+    rng = b.rng
+    half, lane_centres, camera_x, sides = street.half, street.lane_centres, street.camera_x, street.sides
     for _ in range(_count(rng, params.people)):
         z = rng.uniform(4.0, STREET_LENGTH)
         if rng.random() < 0.15:
@@ -321,9 +364,6 @@ def sample_scene(params: SceneParams, rng: np.random.Generator) -> Scene:
         side = rng.choice((-1.0, 1.0))
         x = side * (half + rng.uniform(0.5, max(sides[side][0] - 0.5, 0.6)))
         _bike(b, x, rng.uniform(4.0, STREET_LENGTH), motor=rng.random() < 0.4, rider=False)
-
-    lane_lines = -half + params.lane_width * np.arange(1, lanes)
-    return b.build(half, lane_lines, camera_x)
 
 
 def _bike(b: _Builder, x: float, z: float, motor: bool, rider: bool) -> None:

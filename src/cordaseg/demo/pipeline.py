@@ -519,85 +519,105 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, quiet: bool = False, resume: 
 
 
 def _run_demo(cfg: DemoConfig, out_dir: Path, say: _Progress, threads: int, resume: bool) -> DemoResult:
-    quiet = say.quiet
-    budget = cfg.minutes * 60.0
     world_dir, runs = out_dir / "world", out_dir / "runs"
     if cfg.fixed:
         plan = make_plan(cfg, 0.0, None)
         say(f"fixed iteration counts ({', '.join(f'{METHOD_TITLES[m]} {plan[m]}' for m in METHODS)}); "
             f"expected ~{_minutes(expected_seconds(cfg, plan, world=not (world_dir / 'world.json').is_file()))} "
             f"on 2 idle CPU cores; {threads} torch threads")
-    say(f"stage 1/5: world ({cfg.world.num_source} source, {cfg.world.num_target_train} target train, "
-        f"{cfg.world.num_target_val} target val frames at {cfg.world.size[0]}x{cfg.world.size[1]}; cached)")
-    world = generate_world_from_config(world_dir, cfg.world, progress=not quiet, workers=cfg.world_workers)
-    source_root, target_root = world
-    depth_val = None
-    if cfg.val_depth == "exact":
-        depth_val = export_exact_depth(world_dir, cfg.world, splits=("val",), progress=not quiet,
-                                       workers=cfg.world_workers)
-    val = val_dataset(cfg, target_root, depth_val)
-
-    # Seconds per iteration: probed (time-budget mode) or the reference machine's (fixed counts);
-    # the ETA scales them by how fast the finished runs really went.
-    speed: dict[str, float] = dict(REFERENCE_SPEED)
-    eval_seconds = 0.0
-    if not cfg.fixed:
-        say(f"stage 2/5: timing {cfg.probe_iterations} iterations of each method ({threads} torch threads)")
-        probed, eval_seconds = _probe(cfg, source_root, target_root, val, runs / "probe")
-        speed.update(probed)
-        say("  s/iteration: " + ", ".join(f"{METHOD_TITLES[m]} {speed[m]:.3f}" for m in METHODS)
-            + f"; evaluation of all four ~{eval_seconds:.0f} s")
-    else:
-        say("stage 2/5: fixed iteration counts, no timing needed")
-
-    ssd = cfg.target_depth == "self_supervised"
-    depth_limit = depth_seconds(cfg)
-    depth_time = (depth_limit if depth_limit is not None else cfg.depth_iterations * speed["depth"]) if ssd else 0.0
-    ssd_root = runs / "self_supervised_depth" / "target" if ssd else None
-
-    def train_depth() -> None:
-        length = f"{cfg.depth_iterations} iterations" if depth_limit is None else f"{depth_limit / 60:.1f} min"
-        say(f"stage 4/5: self-supervised stereo depth on the target train pairs ({length}), exported for CorDA")
-        tree = ensure_self_supervised_depth(cfg, target_root, runs, progress=not quiet)
-        assert tree == ssd_root, (tree, ssd_root)
-
-    # Setup of each run (datasets, model, checkpoint) and the report: a fixed margin.
-    margin = 10.0 + 0.05 * budget
-    plan = make_plan(cfg, budget - say.elapsed() - eval_seconds - margin - depth_time, speed)
-    say("  plan: " + ", ".join(f"{METHOD_TITLES[m]} {plan[m]} it" for m in METHODS))
-
-    results: dict[str, MethodResult] = {}
-    slowdown = 1.0  # measured / expected time of the runs trained so far
-    for index, method in enumerate(METHODS):
-        if method == "dacs" and not cfg.adaptation_iterations:
-            _replan(cfg, plan, speed, results, budget - say.elapsed() - eval_seconds * 0.5 - margin - depth_time,
-                    say)
-        stage = 3 if method in ("source_only", "oracle") else 4
-        say(f"stage {stage}/5: training {METHOD_TITLES[method]} for {plan[method]} iterations "
-            f"(~{_minutes(plan[method] * speed[method] * slowdown)})")
-        adapting = method in ("dacs", "corda")
-        result = train_and_score(
-            cfg, method, method, world, runs, plan[method], val,
-            warm_start=results["source_only"] if adapting else None,
-            target_depth=cfg.target_depth if method == "corda" else None,
-            target_depth_root=ssd_root if method == "corda" else None,
-            prepare=train_depth if method == "corda" and ssd else None,
-            resume=resume, progress=not quiet, keep_samples=cfg.grid_images)
-        results[method] = result
-        trained = [r for r in results.values() if not r.resumed]
-        if trained:
-            slowdown = sum(r.train_seconds for r in trained) / sum(r.iterations * speed[r.method] for r in trained)
-        to_come = METHODS[index + 1:]
-        left = sum(plan[m] * speed[m] for m in to_come) * slowdown + (depth_time if "corda" in to_come else 0.0)
-        left += REFERENCE_OVERHEAD_SECONDS * len(to_come) / len(METHODS)
-        how = "read back from its scores.json" if result.resumed else f"{result.train_seconds:.0f} s of training"
-        say(f"  {METHOD_TITLES[method]}: target val mIoU {result.miou:.1f} ({how}); ETA ~{_minutes(left)} more")
-
+    world, val = _world_stage(cfg, world_dir, say)
+    speed, eval_seconds = _speed_stage(cfg, world, val, runs, threads, say)
+    depth = _TargetDepth(cfg, world[1], runs, speed, say)
+    results = _training_stages(cfg, world, val, runs, speed, eval_seconds, depth, resume, say)
     say("stage 5/5: report")
     total = say.elapsed()
     paths = write_report(out_dir, cfg, results, total)
     say(f"done in {total / 60:.1f} min: {paths[0]}, {paths[1]}")
     return DemoResult(out_dir, results, total, *paths, threads=threads)
+
+
+def _world_stage(cfg: DemoConfig, world_dir: Path, say: _Progress) -> tuple[tuple[Path, Path], Any]:
+    """Stage 1: the world (rendered once, then cached) and its target val split."""
+    say(f"stage 1/5: world ({cfg.world.num_source} source, {cfg.world.num_target_train} target train, "
+        f"{cfg.world.num_target_val} target val frames at {cfg.world.size[0]}x{cfg.world.size[1]}; cached)")
+    world = generate_world_from_config(world_dir, cfg.world, progress=not say.quiet, workers=cfg.world_workers)
+    depth_val = None
+    if cfg.val_depth == "exact":
+        depth_val = export_exact_depth(world_dir, cfg.world, splits=("val",), progress=not say.quiet,
+                                       workers=cfg.world_workers)
+    return world, val_dataset(cfg, world[1], depth_val)
+
+
+def _speed_stage(cfg: DemoConfig, world: tuple[Path, Path], val, runs: Path, threads: int, say: _Progress
+                 ) -> tuple[dict[str, float], float]:
+    """Stage 2: seconds per iteration of every method, probed (time-budget mode) or the reference
+    machine's (fixed counts), and the expected seconds of the evaluations; the ETA scales them by
+    how fast the finished runs really went."""
+    speed: dict[str, float] = dict(REFERENCE_SPEED)
+    if cfg.fixed:
+        say("stage 2/5: fixed iteration counts, no timing needed")
+        return speed, 0.0
+    say(f"stage 2/5: timing {cfg.probe_iterations} iterations of each method ({threads} torch threads)")
+    probed, eval_seconds = _probe(cfg, *world, val, runs / "probe")
+    speed.update(probed)
+    say("  s/iteration: " + ", ".join(f"{METHOD_TITLES[m]} {speed[m]:.3f}" for m in METHODS)
+        + f"; evaluation of all four ~{eval_seconds:.0f} s")
+    return speed, eval_seconds
+
+
+class _TargetDepth:
+    """CorDA's target depth in the demo: with ``target_depth: self_supervised`` the depth network is
+    trained (and exported) just before CorDA, in stage 4; otherwise the tree's own stereo depth."""
+
+    def __init__(self, cfg: DemoConfig, target_root: Path, runs: Path, speed: dict[str, float], say: _Progress):
+        self.cfg, self.target_root, self.runs, self.say = cfg, target_root, runs, say
+        self.self_supervised = cfg.target_depth == "self_supervised"
+        self.limit = depth_seconds(cfg)
+        expected = self.limit if self.limit is not None else cfg.depth_iterations * speed["depth"]
+        self.seconds = expected if self.self_supervised else 0.0
+        self.root = runs / "self_supervised_depth" / "target" if self.self_supervised else None
+
+    def train(self) -> None:
+        length = f"{self.cfg.depth_iterations} iterations" if self.limit is None else f"{self.limit / 60:.1f} min"
+        self.say(f"stage 4/5: self-supervised stereo depth on the target train pairs ({length}), exported for CorDA")
+        tree = ensure_self_supervised_depth(self.cfg, self.target_root, self.runs, progress=not self.say.quiet)
+        assert tree == self.root, (tree, self.root)
+
+
+def _training_stages(cfg: DemoConfig, world: tuple[Path, Path], val, runs: Path, speed: dict[str, float],
+                     eval_seconds: float, depth: _TargetDepth, resume: bool, say: _Progress) -> dict[str, MethodResult]:
+    """Stages 3 and 4: source-only and the oracle, then DACS and CorDA from the source-only weights
+    (re-planned from the time left in time-budget mode), each scored on the target val split."""
+    budget = cfg.minutes * 60.0
+    margin = 10.0 + 0.05 * budget  # setup of each run (datasets, model, checkpoint) and the report
+    plan = make_plan(cfg, budget - say.elapsed() - eval_seconds - margin - depth.seconds, speed)
+    say("  plan: " + ", ".join(f"{METHOD_TITLES[m]} {plan[m]} it" for m in METHODS))
+    results: dict[str, MethodResult] = {}
+    slowdown = 1.0  # measured / expected time of the runs trained so far
+    for index, method in enumerate(METHODS):
+        if method == "dacs" and not cfg.adaptation_iterations:
+            _replan(cfg, plan, speed, results, budget - say.elapsed() - eval_seconds * 0.5 - margin - depth.seconds,
+                    say)
+        stage = 3 if method in ("source_only", "oracle") else 4
+        say(f"stage {stage}/5: training {METHOD_TITLES[method]} for {plan[method]} iterations "
+            f"(~{_minutes(plan[method] * speed[method] * slowdown)})")
+        corda = method == "corda"
+        result = train_and_score(
+            cfg, method, method, world, runs, plan[method], val,
+            warm_start=results["source_only"] if method in ("dacs", "corda") else None,
+            target_depth=cfg.target_depth if corda else None, target_depth_root=depth.root if corda else None,
+            prepare=depth.train if corda and depth.self_supervised else None,
+            resume=resume, progress=not say.quiet, keep_samples=cfg.grid_images)
+        results[method] = result
+        trained = [r for r in results.values() if not r.resumed]
+        if trained:
+            slowdown = sum(r.train_seconds for r in trained) / sum(r.iterations * speed[r.method] for r in trained)
+        to_come = METHODS[index + 1:]
+        left = sum(plan[m] * speed[m] for m in to_come) * slowdown + (depth.seconds if "corda" in to_come else 0.0)
+        left += REFERENCE_OVERHEAD_SECONDS * len(to_come) / len(METHODS)
+        how = "read back from its scores.json" if result.resumed else f"{result.train_seconds:.0f} s of training"
+        say(f"  {METHOD_TITLES[method]}: target val mIoU {result.miou:.1f} ({how}); ETA ~{_minutes(left)} more")
+    return results
 
 
 def _replan(cfg: DemoConfig, plan: dict[str, int], speed: dict[str, float], results: dict[str, MethodResult],

@@ -13,7 +13,6 @@ from cordaseg.depth.export import (
     EXPORT_FORMATS,
     encode_depth,
     export_depth,
-    inverse_depth_value,
     read_depth_file,
     write_depth_file,
 )
@@ -42,7 +41,7 @@ def test_round_trip_through_each_encoding(tmp_path, fmt):
     np.testing.assert_array_equal(decoded, read_depth_file(path, fmt))
     assert decoded.dtype == np.float32 and decoded.shape == depth_m.shape
     assert np.all(decoded[~valid] == formats.INVALID_DEPTH)
-    expected = inverse_depth_value(depth_m)[valid]
+    expected = formats.depth_value_from_metres(depth_m)[valid]
     if fmt == "stereo-mat":
         tolerance = 1e-5 * expected
     elif fmt == "synthia-depth":  # half a centimetre of depth, in the loader's value
@@ -99,7 +98,7 @@ def test_export_writes_files_the_loader_finds(world, tmp_path):
         with torch.no_grad():
             expected = net.predict_depth(rgb)[0, 0].double().numpy()
         assert decoded.shape == (32, 64)
-        np.testing.assert_allclose(decoded, inverse_depth_value(expected), atol=0.5 / 256 + 1e-3)
+        np.testing.assert_allclose(decoded, formats.depth_value_from_metres(expected), atol=0.5 / 256 + 1e-3)
     # Written into the tree itself (the default), `cordaseg train`'s dataset finds every file.
     export_depth(metric, target, "stereo-mat", device="cpu", progress=False)
     records = find_samples(DatasetConfig(format="cityscapes", root=str(target), depth="stereo"))

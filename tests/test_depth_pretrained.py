@@ -18,7 +18,6 @@ from cordaseg.depth.export import (
     export_jobs,
     export_pretrained_depth,
     frame_ground_alignment,
-    inverse_depth_value,
     link_tree,
     read_depth_file,
     read_depth_m,
@@ -176,11 +175,11 @@ def test_each_encoding_is_read_by_the_dataset_loader(models, trees, tmp_path, fm
         np.testing.assert_array_equal(decoded, read_depth_file(record.depth, fmt))
         # The quantisation of each encoding, plus float32 rounding.
         if fmt in ("gta-disparity", "cityscapes-mono"):  # the 16-bit code's range: 2.54 m to 652 m
-            expected = np.clip(inverse_depth_value(depth_m), 1 + 1 / 256, 1 + 65535 / 256)
+            expected = np.clip(formats.depth_value_from_metres(depth_m), 1 + 1 / 256, 1 + 65535 / 256)
             tolerance = 0.5 / 256 + 1e-6 * expected
         else:
             clipped = np.clip(depth_m, 0.1, FAR_DEPTH_M)
-            expected = inverse_depth_value(clipped)
+            expected = formats.depth_value_from_metres(clipped)
             tolerance = expected * ((0.005 / clipped if fmt == "synthia-depth" else 0.0) + 1e-6)
         assert np.all(np.abs(decoded - expected) <= tolerance)
         assert np.all(decoded > formats.INVALID_DEPTH)
@@ -245,7 +244,7 @@ def test_scale_and_shift_are_recovered_from_synthetic_disparity():
     np.testing.assert_allclose(depth_m, 1.0 / inverse_depth, rtol=1e-4)
     # Disparity at or below zero (the sky) is the farthest depth every encoding keeps valid.
     far = Alignment("disparity", 1.0).depth_m(np.array([0.0, -1.0]))
-    assert np.all(far == FAR_DEPTH_M) and np.all(inverse_depth_value(far) > formats.INVALID_DEPTH)
+    assert np.all(far == FAR_DEPTH_M) and np.all(formats.depth_value_from_metres(far) > formats.INVALID_DEPTH)
     with pytest.raises(ValueError, match="constant"):
         fit_scale_shift(np.ones(10), np.arange(10.0))
 
@@ -314,7 +313,7 @@ def test_camera_height_alignment_from_the_command_line(models, trees, tmp_path, 
     raws = _raw_predictions(models / "relative", [r.image for r in records])
     for record, raw in zip(records, raws):
         alignment = frame_ground_alignment(raw, cameras[record.image.name]) or fallback
-        expected = inverse_depth_value(np.clip(alignment.depth_m(raw), 0.1, FAR_DEPTH_M))
+        expected = formats.depth_value_from_metres(np.clip(alignment.depth_m(raw), 0.1, FAR_DEPTH_M))
         decoded = read_depth("stereo", record.depth)  # what `cordaseg train` reads
         np.testing.assert_allclose(decoded, expected, rtol=1e-4)
     # Misuse is one line: another dataset, or the height without the alignment that uses it.

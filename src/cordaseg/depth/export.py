@@ -113,11 +113,6 @@ def _check_format(fmt: str) -> None:
         raise CordasegError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
 
 
-def inverse_depth_value(depth_m: np.ndarray) -> np.ndarray:
-    """Metres -> the loader's ``655.36 / (Z + 0.01)`` (float64)."""
-    return formats.INVERSE_DEPTH_SCALE / (np.asarray(depth_m, dtype=np.float64) + formats.INVERSE_DEPTH_OFFSET)
-
-
 def encode_depth(depth_m: np.ndarray, fmt: str, valid: np.ndarray | None = None) -> np.ndarray:
     """(H, W) metres -> the array stored by ``fmt`` (uint16 code, or float32 metres for ``stereo-mat``).
 
@@ -134,7 +129,7 @@ def encode_depth(depth_m: np.ndarray, fmt: str, valid: np.ndarray | None = None)
         centimetres = np.rint(np.where(valid, depth_m, 0.0) * 100.0)
         return np.where(valid, np.clip(centimetres, SYNTHIA_MIN_CM, SYNTHIA_INVALID_CM - 1),
                         SYNTHIA_INVALID_CM).astype(np.uint16)
-    code = np.rint((inverse_depth_value(np.where(valid, depth_m, 1.0)) - 1.0) * 256.0)
+    code = np.rint((formats.depth_value_from_metres(np.where(valid, depth_m, 1.0)) - 1.0) * 256.0)
     return np.where(valid, np.clip(code, 1, 65535), 0).astype(np.uint16)
 
 

@@ -67,3 +67,27 @@ def test_batches_are_identical_with_and_without_workers(tmp_path):
     second_epoch = np.concatenate([b["index"].numpy() for b in batches[0][1]])
     assert sorted(first_epoch) == sorted(second_epoch) == [0, 1, 2, 3]
     assert not torch.equal(batches[0][0][0]["image"], batches[0][1][0]["image"])
+
+
+def test_loader_workers_fork_after_opencv_work_in_the_main_process(tmp_path):
+    # OpenCV's thread pool does not survive fork(): a worker forked after the main process ran a
+    # multi-threaded OpenCV call used to wait forever. Run it in a subprocess so a hang fails the
+    # test instead of stopping the suite.
+    import subprocess
+    import sys
+
+    root = generate_tree("gta5", tmp_path / "gta", 4, size=(48, 24), seed=4)
+    script = f"""
+import cv2, numpy as np
+from cordaseg.data.datasets import DatasetConfig, build_dataset
+from cordaseg.data.loader import make_loader
+assert cv2.getNumThreads() == 1
+cv2.resize(np.random.rand(2000, 3000).astype(np.float32), (1500, 1000))  # work in the main process
+cfg = DatasetConfig(format="gta5", root={str(root)!r}, resize=(64, 32), crop=(32, 32))
+loader = make_loader(build_dataset(cfg, train=True, seed=6), batch_size=2, workers=2, seed=1,
+                     start_index=0, epoch=1)
+print(sum(len(b["name"]) for b in loader))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"

@@ -26,6 +26,12 @@ from PIL import Image
 
 from cordaseg.errors import DataError
 
+# OpenCV's own thread pool does not survive fork(): a loader worker forked after the pool has
+# started waits forever as soon as it touches it (even in cv2.setNumThreads). Data loading
+# parallelises over worker processes, so the processes that read and resize frames keep OpenCV
+# single-threaded from the start and never start that pool.
+cv2.setNumThreads(1)
+
 # Invalid depth marker of the loader's inverse-depth-like values (docs/data-formats.md, "Depth values").
 INVALID_DEPTH = 1.0
 # Numerator and offset of the metric-depth -> inverse-depth-like conversion (docs/data-formats.md, "Depth values").

@@ -86,10 +86,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 def _init_worker(worker_id: int) -> None:
-    # One core per worker: the loader parallelises over workers, not inside one decode.
-    import cv2
-
-    cv2.setNumThreads(1)
+    # One core per worker: the loader parallelises over workers, not inside one decode. (OpenCV
+    # is already single-threaded in every loading process: cordaseg.data.formats.)
     torch.set_num_threads(1)
     # Ctrl-C in a terminal reaches every process of the group: the main process stops the run
     # cleanly (with a checkpoint) and shuts the workers down; a worker dying first would break that.

@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ``cordaseg train`` through the CLI, with train() wrapped to dump each rank's final weights.
 CLI_RANK_SCRIPT = """
-import os, sys, torch
+import importlib, os, sys, torch
 from cordaseg import cli
-from cordaseg.engine import trainer
 
-train, dumps = trainer.train, sys.argv[1]
+train_command = importlib.import_module("cordaseg.cli.train")  # the module that calls train()
+train, dumps = train_command.train, sys.argv[1]
 
 def train_and_dump(*args, **kwargs):
     result = train(*args, **kwargs)
@@ -37,7 +37,7 @@ def train_and_dump(*args, **kwargs):
     torch.save(params, os.path.join(dumps, f"rank{os.environ['RANK']}.pt"))
     return result
 
-trainer.train = train_and_dump
+train_command.train = train_and_dump
 sys.exit(cli.main(["train", *sys.argv[2:]]))
 """
 

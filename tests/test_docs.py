@@ -44,11 +44,12 @@ def test_relative_links_of_the_docs_point_at_files():
 
 
 def test_comments_cite_no_document_outside_the_repository():
-    outside = re.compile(r"spec section|spec sections|issue [0-9]+|\.\./shared", re.IGNORECASE)
+    # numbered sections of a specification or numbered issues live outside the repository
+    outside = re.compile(r"spec\s+sections?\b|issue\s+[0-9]+|\.\./shared", re.IGNORECASE)
     found = []
     for folder in ("src/cordaseg", "tests", "benchmarks", "configs"):
         for path in (ROOT / folder).rglob("*"):
-            if path.is_file() and path.suffix in (".py", ".yaml", ".md") and path != Path(__file__).resolve():
+            if path.is_file() and path.suffix in (".py", ".yaml", ".md"):
                 for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                     if outside.search(line):
                         found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")

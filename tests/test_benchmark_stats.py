@@ -114,3 +114,29 @@ def test_interval_chart_draws_without_matplotlib(tmp_path):
     path = interval_chart(rows, "gap closed", tmp_path / "chart.png", marks=(0.0, 1.0), backend="pil")
     picture = np.asarray(Image.open(path).convert("RGB"))
     assert (picture == np.array([70, 130, 200])).all(axis=-1).sum() > 50  # the bar is drawn
+
+
+def test_modern_preset_runs_are_valid_training_configs_scaled_to_the_crop(tmp_path):
+    from cordaseg.demo.pipeline import train_config
+
+    benchmark = _benchmark()
+    cfg = DemoConfig(target_depth="stereo", source_iterations=600, adaptation_iterations=300)
+    runs = benchmark.modern_runs(cfg)
+    assert [r[0] for r in runs] == ["mit_source_only", "daformer", "mic_daformer", "corda_mic_daformer"]
+    configs = {name: train_config(cfg, method, tmp_path / "src", tmp_path / "tgt", tmp_path / name,
+                                  cfg.source_iterations if method == "source_only" else cfg.adaptation_iterations,
+                                  extra=extra)
+               for name, _, method, extra in runs}
+    for train in configs.values():
+        assert (train.model.backbone, train.model.decoder, train.optim.name) == ("mit_b0", "daformer", "adamw")
+    source, mic, corda = configs["mit_source_only"], configs["mic_daformer"], configs["corda_mic_daformer"]
+    assert source.optim.warmup_iterations == 22 and mic.optim.warmup_iterations == 11  # 1500 / 40000 of each
+    assert mic.optim.lr == pytest.approx(benchmark.MODERN_LR * cfg.adaptation_lr_factor)
+    assert (mic.adaptation.mic.enabled, mic.adaptation.mic.patch) == (True, 8)  # 32 px at 512 -> 128
+    assert not configs["daformer"].adaptation.mic.enabled
+    assert mic.source.rare_class_sampling.min_pixels == 188  # 3000 * (128 / 512) ** 2
+    assert not source.source.rare_class_sampling.enabled
+    assert (corda.model.arch, corda.adaptation.method, corda.adaptation.feature_distance_weight) == ("corda", "corda", 0)
+    titles = benchmark.titles(cfg, "modern")
+    assert {"source_only", "dacs", "corda", "oracle", "daformer", "corda_mic_daformer"} <= set(titles)
+    assert ("corda_mic_daformer", "mic_daformer") in benchmark.pairs(cfg, "modern")

@@ -31,7 +31,7 @@ from cordaseg.demo.pipeline import (
 from cordaseg.engine.checkpoint import check_same_model
 from cordaseg.models.checkpoint import model_payload
 from cordaseg.models.checkpoint_file import read_file
-from cordaseg.models.corda import build_model
+from cordaseg.models.corda import ModelConfig, build_model
 from cordaseg.runtime.files import atomic_save
 
 SPEED = {"source_only": 0.1, "oracle": 0.1, "dacs": 0.3, "corda": 0.5}
@@ -140,6 +140,29 @@ def test_corda_warm_start_takes_backbone_and_initial_head(tmp_path):
     fresh = build_model(cfg.model("corda")).state_dict()
     torch.testing.assert_close(state["semantic_head.branches.0.weight"], fresh["semantic_head.branches.0.weight"])
     torch.testing.assert_close(state["depth_head.branches.0.weight"], fresh["depth_head.branches.0.weight"])
+
+
+def test_corda_warm_start_on_the_daformer_decoder_takes_encoder_decoder_and_classifier(tmp_path):
+    base = dict(backbone="mit_b0", backbone_width=8, backbone_blocks=(1, 1, 1, 1), decoder="daformer",
+                decoder_width=16, head_width=16)
+    source_cfg, corda_cfg = ModelConfig(arch="deeplab", **base), ModelConfig(arch="corda", **base)
+    torch.manual_seed(1)
+    daformer = build_model(source_cfg)
+    with torch.no_grad():
+        for p in daformer.parameters():
+            p.add_(torch.rand_like(p))
+    source = atomic_save(model_payload(daformer, source_cfg), tmp_path / "daformer.pt")
+    path = corda_init_from_deeplab(source, corda_cfg, tmp_path / "corda.pt", seed=3)
+    payload = read_file(path)
+    check_same_model(payload, corda_cfg, path)
+    state = payload["model"]
+    for key, value in daformer.state_dict().items():
+        new_key = key.replace("semantic_head.", "semantic_initial_head.", 1)
+        torch.testing.assert_close(state[new_key], value, rtol=0, atol=0)
+    assert any(k.startswith("decoder.") for k in daformer.state_dict())
+    torch.manual_seed(3)
+    fresh = build_model(corda_cfg).state_dict()
+    torch.testing.assert_close(state["semantic_head.conv.weight"], fresh["semantic_head.conv.weight"])
 
 
 def test_corda_warm_start_rejects_another_backbone(tmp_path):

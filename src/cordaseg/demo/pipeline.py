@@ -249,6 +249,10 @@ def corda_init_from_deeplab(deeplab_checkpoint: Path, model_cfg: ModelConfig, ou
     """Write a CorDA checkpoint whose backbone and initial semantic ASPP head are the DeepLabV2
     weights of ``deeplab_checkpoint``; every other head is freshly initialised (seeded).
 
+    With the DAFormer decoder (``model.decoder: daformer``) the source model's encoder and fusion
+    decoder are taken as they are and its classifier becomes CorDA's initial semantic classifier on
+    the fused features (``initial_semantic: aspp``), again the same module on the same features.
+
     For the simple-auxiliary-depth model (``arch: multitask``, ASPP semantic and depth heads on the
     backbone) the DeepLabV2 ASPP becomes its semantic head, the same module on the same features.
     """
@@ -268,7 +272,7 @@ def corda_init_from_deeplab(deeplab_checkpoint: Path, model_cfg: ModelConfig, ou
     state = model.state_dict()
     taken = 0
     for key, value in source.items():
-        if key.startswith("backbone."):
+        if key.startswith(("backbone.", "decoder.")):  # the encoder; DAFormer's fusion decoder: same modules
             new_key = key
         elif key.startswith("semantic_head."):
             new_key = semantic_target + key[len("semantic_head."):]

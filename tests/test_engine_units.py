@@ -138,3 +138,29 @@ def test_facts_have_one_home_and_older_configs_still_load():
     cfg = load_train_config(None, ["target={format: cityscapes, mean_bgr: [1, 2, 3]}"])
     with pytest.raises(ConfigError, match=r"target\.mean_bgr.*source\.mean_bgr"):
         check_sections(cfg)
+
+
+def test_dropout_masks_differ_across_ranks_and_repeat_on_resume():
+    from cordaseg.engine.trainer import seed_stochastic_layers
+    from cordaseg.models.corda import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="deeplab", backbone="mit_b0", backbone_width=8, backbone_blocks=(1, 1, 1, 1),
+                                    decoder="daformer", decoder_width=16, head_width=16, decoder_dropout=0.5,
+                                    drop_path_rate=0.5)).train()
+    x = torch.randn(1, 3, 64, 64)
+
+    def output(rank: int, iteration: int, start_seed: int) -> torch.Tensor:
+        torch.manual_seed(start_seed)  # the state every rank starts from (the same weights everywhere)
+        seed_stochastic_layers(7, iteration, rank)
+        with torch.no_grad():
+            return model(x).semantic
+
+    rank0, rank1, rank2 = output(0, 3, 0), output(1, 3, 0), output(2, 3, 0)
+    assert not torch.equal(rank0, rank1) and not torch.equal(rank1, rank2)
+    assert torch.equal(output(1, 3, 123), rank1)  # the rank's masks follow (seed, iteration, rank) only
+    assert not torch.equal(output(1, 4, 0), rank1)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    seed_stochastic_layers(7, 3, 0)  # rank 0 (a single process) keeps its own stream
+    assert torch.equal(torch.get_rng_state(), before)

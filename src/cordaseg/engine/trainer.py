@@ -76,7 +76,7 @@ from cordaseg.runtime.files import atomic_save
 from cordaseg.runtime.outputs import check_folder
 
 # Stream identifiers mixed into seeds, so that source order, target order and step draws differ.
-_SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM = 1, 2, 3
+_SOURCE_STREAM, _TARGET_STREAM, _STEP_STREAM, _STOCHASTIC_STREAM = 1, 2, 3, 4
 
 
 class TrainingDiverged(CordasegError):
@@ -165,6 +165,19 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (seed, stream, iteration, rank), stable across runs."""
     words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
     return ((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
+def seed_stochastic_layers(seed: int, iteration: int, rank: int) -> None:
+    """Give this rank its own dropout and drop-path masks for ``iteration``.
+
+    Dropout and drop path (the transformer backbones and the DAFormer decoder) draw from torch's
+    global generator, which every rank seeds alike for the same initial weights; left alone, every
+    rank would then draw the same masks and the regularisation would not be independent across
+    the global batch. Rank 0 keeps its global stream (a single process trains exactly as before,
+    and checkpoints keep that stream's state); every other rank reseeds it per iteration from
+    (seed, iteration, rank), so a resumed run draws the same masks as an uninterrupted one."""
+    if rank > 0:
+        torch.manual_seed(derive_seed(seed, _STOCHASTIC_STREAM, iteration, rank))
 
 
 class BatchStream:
@@ -484,6 +497,7 @@ class _Run:
                 batch = self._next_batch()
                 generator = torch.Generator(device=ctx.device)
                 generator.manual_seed(derive_seed(cfg.run.seed, _STEP_STREAM, i, ctx.rank))
+                seed_stochastic_layers(cfg.run.seed, i, ctx.rank)
                 with_visuals = bool(cfg.logging.image_every) and (i + 1) % cfg.logging.image_every == 0
                 # The step is looked up here, at call time, so that tests can substitute it.
                 result = train_iteration(self.state, batch, i, generator, with_visuals=with_visuals and ctx.is_main,

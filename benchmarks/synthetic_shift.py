@@ -33,8 +33,8 @@ whatever the load of the machine, and the val split is scored with the world's e
 (``val_depth=exact``) so that every method also gets its mIoU per range of distance. A finished
 run's scores (``scores.json`` in its folder) are reused when the command is run again with the
 same settings (``--fresh``: train everything again). Outputs: ``OUT/seed<N>/`` (the demo folder
-of each seed; the variants under its ``runs/``), ``OUT/summary.json``, ``OUT/summary.png`` (gap
-closed with 95% intervals) and ``OUT/per_class_corda_minus_dacs.png``. Examples (the figures in
+of each seed; the variants under its ``runs/``), ``OUT/summary.json``, ``OUT/summary.md`` (the tables in
+Markdown), ``OUT/summary.png`` (gap closed with 95% intervals) and ``OUT/per_class_corda_minus_dacs.png``. Examples (the figures in
 benchmarks/RESULTS.md say which command gave them):
 
     .venv/bin/python benchmarks/synthetic_shift.py --out runs/synthetic_shift --seeds 0 1 2 \\
@@ -140,7 +140,8 @@ def modern_runs(cfg: DemoConfig) -> list[tuple[str, str, str, dict[str, Any]]]:
     MIC's mask ratio 0.7 and weight 1 with augmentation before masking. Off: the ImageNet feature
     distance (the encoder is not ImageNet-pretrained, so there are no ImageNet features to keep)
     and the pseudo-label row crop (it hides Cityscapes' bonnet and rectification border; world frames
-    have neither). The adaptation runs use the demo's adaptation learning-rate factor, as DACS and
+    have neither); the class-balanced source crop (``source.cat_max_ratio``) is also off, as in the
+    runs recorded in benchmarks/RESULTS.md, which predate it. The adaptation runs use the demo's adaptation learning-rate factor, as DACS and
     CorDA do.
     """
     scale = cfg.crop[1] / 512
@@ -339,6 +340,31 @@ def print_tables(summary: dict[str, Any], seeds: list[int]) -> None:
             print(f"{m['title']:<{width}}" + "".join(f"{_interval(m['depth_bins'][b]).format():>18}" for b in bins))
 
 
+def markdown_tables(summary: dict[str, Any], seeds: list[int]) -> str:
+    """The tables of :func:`print_tables` in Markdown (what benchmarks/RESULTS.md shows)."""
+    head = "".join(f" seed {s} |" for s in seeds)
+    rule = "".join(" ---: |" for _ in seeds)
+    lines = [f"| method |{head} mIoU, 95% interval | gap closed |", f"| --- |{rule} ---: | ---: |"]
+    for m in summary["methods"].values():
+        cells = "".join(f" {v:.2f} |" for v in m["per_seed"])
+        lines.append(f"| {m['title']} |{cells} {_interval(m['miou']).format()} | "
+                     f"{_interval(m['gap_closed']).format(3)} |")
+    lines += ["", f"| paired difference (mIoU) |{head} mean, 95% interval | gap closed | excludes 0 |",
+              f"| --- |{rule} ---: | ---: | --- |"]
+    for p in summary["pairs"]:
+        cells = "".join(f" {math.nan if v is None else v:+.2f} |" for v in p["per_seed"])
+        diff = _interval(p["difference"])
+        lines.append(f"| {p['name']} |{cells} {diff.format()} | {_interval(p['gap_closed_difference']).format(3)} | "
+                     f"{'yes' if diff.excludes_zero else 'no'} |")
+    bins = list(next(iter(summary["methods"].values()))["depth_bins"])
+    if bins:
+        lines += ["", "| mIoU by exact depth |" + "".join(f" {b} |" for b in bins),
+                  "| --- |" + " ---: |" * len(bins)]
+        for m in summary["methods"].values():
+            lines.append(f"| {m['title']} |" + "".join(f" {_interval(m['depth_bins'][b]).format()} |" for b in bins))
+    return "\n".join(lines) + "\n"
+
+
 def draw(summary: dict[str, Any], out: Path, seeds: int) -> list[Path]:
     palette = {**METHOD_RGB, "corda_paper": (240, 170, 110), "corda_reference": (240, 170, 110)}
     rows = [IntervalRow(m["title"], *_bounds(m["gap_closed"]), palette.get(name, (200, 140, 90)))
@@ -424,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     }, indent=2))
     for path in draw(summary, out, len(args.seeds)):
         print(f"wrote {path}")
+    (out / "summary.md").write_text(markdown_tables(summary, args.seeds))
+    print(f"wrote {out / 'summary.md'}")
     print(f"wrote {out / 'summary.json'}")
     return 0
 

@@ -59,12 +59,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cordaseg.config import to_dict
 from cordaseg.data.labels import CLASS_NAMES
 from cordaseg.demo.config import METHOD_TITLES, METHODS, DemoConfig, load_demo_config
 from cordaseg.demo.pipeline import (
     REFERENCE_SPEED,
     REFERENCE_WORLD_SECONDS,
+    cpu_threads,
     ensure_self_supervised_depth,
     expected_seconds,
     run_demo,
@@ -181,8 +184,18 @@ def seed_config(args: argparse.Namespace, seed: int) -> DemoConfig:
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, MethodResult]:
-    """Every run of the preset on one seed (finished runs read back)."""
+    """Every run of the preset on one seed (finished runs read back), all with the demo's torch
+    threads (``threads``; the demo sets them only for its own runs)."""
     cfg = seed_config(args, seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or cpu_threads())
+    try:
+        return _run_seed(args, cfg, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_seed(args: argparse.Namespace, cfg: DemoConfig, seed: int) -> dict[str, MethodResult]:
     out = Path(args.out) / f"seed{seed}"
     resume, progress = not args.fresh, not args.quiet
     world_dir, runs = out / "world", out / "runs"

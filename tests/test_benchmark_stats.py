@@ -99,6 +99,10 @@ def test_benchmark_summary_pairs_every_method_on_the_same_seeds(tmp_path, capsys
     assert summary["methods"]["dacs"]["depth_bins"]["0+ m"]["mean"] == pytest.approx(13.2967, abs=1e-4)
     benchmark.print_tables(summary, [0, 1, 2])
     assert "CorDA - DACS" in capsys.readouterr().out
+    markdown = benchmark.markdown_tables(summary, [0, 1, 2]).splitlines()
+    assert markdown[0] == "| method | seed 0 | seed 1 | seed 2 | mIoU, 95% interval | gap closed |"
+    row = next(line for line in markdown if line.startswith("| CorDA - DACS |"))
+    assert row == "| CorDA - DACS | +0.68 | +0.31 | +0.33 | 0.44 +- 0.52 | 0.017 +- 0.012 | no |"
     for path in benchmark.draw(summary, tmp_path, 3):
         assert path.stat().st_size > 1000
 

@@ -285,3 +285,55 @@ def test_config_round_trip_and_errors(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match="no gta5 frames"):
         build_dataset(DatasetConfig(root=str(tmp_path)), train=True)
+
+
+def test_cat_max_ratio_recrops_until_no_class_dominates(tmp_path):
+    root = tmp_path / "gta"
+    generate_tree("gta5", root, 1, size=(64, 16))
+    ids = np.full((16, 64), 7, dtype=np.uint8)  # road (train ID 0) ...
+    ids[:, 24:40] = 26  # ... and a car (train ID 13) in the middle quarter of the frame
+    ids[:4, :] = 0  # unlabelled rows (ignore): not counted
+    formats.write_palette_label_png(root / "labels" / "00001.png", ids)
+    common = dict(format="gta5", root=str(root), depth="none", resize=(64, 16), crop=(16, 16))
+    plain = build_dataset(DatasetConfig(**common), train=True, seed=0)
+    ruled = build_dataset(DatasetConfig(**common, cat_max_ratio=0.75), train=True, seed=0)
+
+    def passes(label: torch.Tensor) -> bool:
+        # 12 labelled rows: a window passes with 5-11 of its 16 columns on the car (x0 13-19 or 29-35 of 0-48).
+        return not transforms.dominated(label.numpy().astype(np.uint8), 0.75, 255)
+
+    draws = 60
+    plain_pass = ruled_pass = 0
+    for draw in range(draws):
+        first, item = plain[(0, 0, draw)]["label"], ruled[(0, 0, draw)]["label"]
+        plain_pass += passes(first)
+        ruled_pass += passes(item)
+        if passes(first):
+            assert torch.equal(item, first)  # a first crop that passes is kept
+    # One window passes with probability 14/49; with up to 10 more tries, 1 - (35/49)^11 ~ 0.975.
+    assert plain_pass / draws < 0.5 and ruled_pass / draws > 0.9
+
+
+def test_cat_max_ratio_keeps_the_eleventh_crop_of_a_single_class_frame(tmp_path):
+    root = tmp_path / "gta"
+    generate_tree("gta5", root, 1, size=(64, 16))
+    formats.write_palette_label_png(root / "labels" / "00001.png", np.full((16, 64), 7, dtype=np.uint8))
+    cfg = DatasetConfig(format="gta5", root=str(root), depth="none", resize=(64, 16), crop=(16, 16),
+                        cat_max_ratio=0.75)
+    dataset = build_dataset(cfg, train=True, seed=3)
+    rng = np.random.default_rng([3, 0, 0, 5])
+    geometry = transforms.sample_geometry(rng, (64, 16), (64, 16), (16, 16))
+    for _ in range(10):
+        geometry = transforms.draw_window(rng, (64, 16), (16, 16))
+    x0 = geometry[0]
+    image = dataset[(0, 0, 5)]["image"]
+    whole = build_dataset(DatasetConfig(format="gta5", root=str(root), depth="none", resize=(64, 16), crop=None),
+                          train=True, seed=3)[(0, 0, 5)]["image"]
+    torch.testing.assert_close(image, whole[:, :, x0:x0 + 16], rtol=0, atol=0)
+
+
+def test_cat_max_ratio_errors():
+    with pytest.raises(ConfigError, match="cat_max_ratio"):
+        DatasetConfig(cat_max_ratio=0.0)
+    with pytest.raises(ConfigError, match="use_labels"):
+        DatasetConfig(cat_max_ratio=0.75, use_labels=False)

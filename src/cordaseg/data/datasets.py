@@ -21,6 +21,7 @@ depth at full resolution.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,8 @@ DEPTH_RESAMPLE = {"gta5": "bilinear", "synthia": "nearest", "cityscapes": "neare
 # The library the reference resizes depth with: cv2.resize for GTA5 and SYNTHIA, PIL (through
 # scipy.misc.imresize and its crop transforms) for Cityscapes.
 REFERENCE_DEPTH_RESIZE: dict[str, transforms.Backend] = {"gta5": "opencv", "synthia": "opencv", "cityscapes": "pil"}
+# mmseg's RandomCrop tests at most this many crops against cat_max_ratio.
+CAT_MAX_TRIES = 10
 # Which depth file "native" means.
 NATIVE_DEPTH = {"gta5": "disparity", "synthia": "synthia", "cityscapes": "stereo"}
 
@@ -110,6 +113,11 @@ class DatasetConfig:
     """Random crop (W, H) after the resize; None = the whole resized frame."""
     scale_range: tuple[float, float] = (1.0, 1.0)
     """Random scale jitter on top of the resize (the paper uses none)."""
+    cat_max_ratio: float = 1.0
+    """Crop again while one class covers this share or more of the crop's labelled pixels, or the
+    crop shows a single class: mmseg's ``RandomCrop(cat_max_ratio)`` rule, which DAFormer and MIC
+    use with 0.75 (at most 10 new crops; the last is kept unchecked). Needs labels
+    (``use_labels``); 1.0 = off (CorDA's recipe)."""
     flip: bool = False
     """Random horizontal flip (the paper uses none)."""
     depth_resize: Literal["reference", "opencv", "pil"] = "reference"
@@ -140,6 +148,11 @@ class DatasetConfig:
                 raise ConfigError(f"{key}: {size} must be positive (W, H)")
         if self.resize_scale is not None and self.resize_scale <= 0:
             raise ConfigError(f"resize_scale: {self.resize_scale} must be positive")
+        if not 0.0 < self.cat_max_ratio <= 1.0:
+            raise ConfigError(f"cat_max_ratio: {self.cat_max_ratio} must lie in (0, 1] (1 = off)")
+        if self.cat_max_ratio < 1.0 and not self.use_labels:
+            raise ConfigError(f"cat_max_ratio: {self.cat_max_ratio} needs the labels of the frames, but use_labels "
+                              "is false (set cat_max_ratio: 1.0 for an unlabelled set)")
 
     @property
     def depth_kind(self) -> str:
@@ -361,6 +374,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         target = transforms.resized_size(source_size, self.resize, self.resize_scale)
         geometry = transforms.sample_geometry(rng, source_size, target, self.cfg.crop,
                                               self.cfg.scale_range, self.cfg.flip)
+        if self.cfg.cat_max_ratio < 1.0 and self.cfg.crop is not None and frame.label is not None:
+            geometry = self._class_balanced_window(frame.label, geometry, rng)
         # Padding: the mean colour (about 0 after normalisation), ignore label, invalid depth.
         fill = tuple(int(round(m)) for m in self.cfg.mean_bgr)
         image = transforms.apply_geometry(frame.image_bgr, geometry, IMAGE_RESAMPLE[fmt], fill)
@@ -379,6 +394,21 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                               convert=DEPTH_DECODERS[self.cfg.depth_kind],
                                               backend=self.cfg.depth_backend)
         return image, label, depth
+
+    def _class_balanced_window(self, raw_label: np.ndarray, geometry: transforms.Geometry,
+                               rng: np.random.Generator) -> transforms.Geometry:
+        """mmseg's ``RandomCrop`` with ``cat_max_ratio``: test the crop's train-ID labels up to 10
+        times, drawing a new window (same scale and flip) after each failed test; the window drawn
+        after the 10th failure is kept unchecked."""
+        table = label_table(self.cfg)
+        for _ in range(CAT_MAX_TRIES):
+            label = transforms.apply_geometry(raw_label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
+                                              convert=lambda ids: table[ids])
+            if not transforms.dominated(label, self.cfg.cat_max_ratio, IGNORE_INDEX):
+                break
+            window = transforms.draw_window(rng, geometry.target_size, self.cfg.crop)
+            geometry = dataclasses.replace(geometry, window=window)
+        return geometry
 
     def _eval_geometry(self, frame: RawFrame):
         height, width = frame.image_bgr.shape[:2]

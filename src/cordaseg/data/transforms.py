@@ -88,16 +88,29 @@ def sample_geometry(
     if (low, high) != (1.0, 1.0):
         scale = rng.uniform(low, high)
         width, height = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-    if crop is None:
-        window = (0, 0, width, height)
-    else:
-        crop_w, crop_h = crop
-        # A crop larger than the frame places the frame at a random offset inside the padded crop.
-        x0 = int(rng.integers(0, width - crop_w + 1)) if width >= crop_w else -int(rng.integers(0, crop_w - width + 1))
-        y0 = int(rng.integers(0, height - crop_h + 1)) if height >= crop_h else -int(rng.integers(0, crop_h - height + 1))
-        window = (x0, y0, crop_w, crop_h)
+    window = (0, 0, width, height) if crop is None else draw_window(rng, (width, height), crop)
     mirrored = bool(rng.random() < 0.5) if flip else False
     return Geometry(tuple(source_size), (width, height), window, mirrored)
+
+
+def draw_window(rng: np.random.Generator, size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A uniformly placed crop window (x0, y0, width, height) in a frame of ``size`` (W, H)."""
+    width, height = size
+    crop_w, crop_h = crop
+    # A crop larger than the frame places the frame at a random offset inside the padded crop.
+    x0 = int(rng.integers(0, width - crop_w + 1)) if width >= crop_w else -int(rng.integers(0, crop_w - width + 1))
+    y0 = int(rng.integers(0, height - crop_h + 1)) if height >= crop_h else -int(rng.integers(0, crop_h - height + 1))
+    return (x0, y0, crop_w, crop_h)
+
+
+def dominated(label: np.ndarray, max_ratio: float, ignore: int) -> bool:
+    """mmseg's ``RandomCrop`` test of a crop's labels (``cat_max_ratio``): True when the crop shows
+    fewer than two classes, or one class covers ``max_ratio`` or more of its labelled pixels
+    (``ignore`` pixels not counted)."""
+    counts = np.bincount(label.ravel(), minlength=ignore + 1)
+    counts[ignore] = 0
+    counts = counts[counts > 0]
+    return len(counts) < 2 or counts.max() / counts.sum() >= max_ratio
 
 
 def _check_resamplable(array: np.ndarray) -> None:

@@ -44,7 +44,6 @@ from cordaseg.evaluation.report import colorize_depth, overlay
 from cordaseg.models.output import SEMANTIC, upsample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-OUTPUT_KINDS = ("color", "depth", "overlay", "labelIds", "logits")
 
 
 @dataclass

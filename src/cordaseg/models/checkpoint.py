@@ -33,6 +33,7 @@ from cordaseg.models.checkpoint_file import (
     read_file,
 )
 from cordaseg.models.convert import (
+    converted_payload,
     detect_variant,
     infer_shape_config,
     load_backbone_state,
@@ -82,20 +83,9 @@ def convert_reference(obj: Any, path: str | Path = "<memory>", variant: str | No
     student = strip_module_prefix(student)
     variant = variant or detect_variant(student)
     cfg = infer_shape_config(student, variant)
-    with torch.device("meta"):
-        target = CordaNet(cfg).state_dict()
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": to_dict(cfg),
-        "model": reference_to_project(student, target, cfg.arch),
-        "source": {"kind": "reference", "variant": variant, "file": str(path)},
-    }
-    if teacher is not None:
-        payload["teacher"] = reference_to_project(strip_module_prefix(teacher), target, cfg.arch)
-    if iteration is not None:
-        payload["iteration"] = iteration
-    return payload
+    return converted_payload(
+        cfg, lambda state, target, _: reference_to_project(strip_module_prefix(state), target, cfg.arch),
+        student, teacher, iteration, {"kind": "reference", "variant": variant, "file": str(path)})
 
 
 def convert_file(src: str | Path, dst: str | Path, variant: str | None = None,

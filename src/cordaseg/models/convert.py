@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
+from cordaseg.config import to_dict
 from cordaseg.errors import CheckpointError
-from cordaseg.models.corda import ModelConfig
+from cordaseg.models.checkpoint_file import FORMAT, FORMAT_VERSION
+from cordaseg.models.corda import CordaNet, ModelConfig
 from cordaseg.models.state_dicts import check_keys, strip_module_prefix
 from cordaseg.runtime.distributed import unwrap
 
@@ -193,3 +196,25 @@ def load_backbone_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor
     check_keys(out, target, unused, what="DeepLab initialisation file")
     net.backbone.load_state_dict(out, strict=True)
     return {"loaded": loaded, "skipped": skipped}
+
+
+StateMap = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], str], dict[str, torch.Tensor]]
+"""(another codebase's state dict, the project model's state dict, "student" or "teacher") ->
+the project's state dict."""
+
+
+def converted_payload(cfg: ModelConfig, to_project: StateMap, student: Mapping[str, torch.Tensor],
+                      teacher: Mapping[str, torch.Tensor] | None, iteration: int | None,
+                      source: dict[str, Any]) -> dict[str, Any]:
+    """The project checkpoint of a converted file: the student as ``model``, the EMA teacher as
+    ``teacher`` where the file has one, the file's iteration and where it came from (``source``);
+    each state dict is mapped by ``to_project`` against the keys and shapes of a ``cfg`` model."""
+    with torch.device("meta"):
+        target = CordaNet(cfg).state_dict()
+    payload: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": to_dict(cfg),
+                               "model": to_project(student, target, "student"), "source": source}
+    if teacher is not None:
+        payload["teacher"] = to_project(teacher, target, "teacher")
+    if iteration is not None:
+        payload["iteration"] = iteration
+    return payload

@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 
-from cordaseg.config import to_dict
 from cordaseg.errors import CheckpointError
-from cordaseg.models.checkpoint_file import FORMAT, FORMAT_VERSION
-from cordaseg.models.corda import CordaNet, ModelConfig
+from cordaseg.models.convert import converted_payload
+from cordaseg.models.corda import ModelConfig
 from cordaseg.models.mmseg_keys import (
     Row,
     apply_rows,
@@ -138,17 +137,7 @@ def convert_mmseg_checkpoint(obj: Any, path: Any = "<memory>") -> dict[str, Any]
     student, teacher, iteration = split_mmseg_checkpoint(obj, path)
     _refuse_unsupported(student, path)
     cfg = infer_daformer_config(student)
-    with torch.device("meta"):
-        target = CordaNet(cfg).state_dict()
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": to_dict(cfg),
-        "model": mmseg_to_project(student, cfg, target, what=f"{path}: DAFormer student"),
-        "source": {"kind": "mmseg", "variant": "daformer", "file": str(path)},
-    }
-    if teacher is not None:
-        payload["teacher"] = mmseg_to_project(teacher, cfg, target, what=f"{path}: DAFormer EMA teacher")
-    if iteration is not None:
-        payload["iteration"] = iteration
-    return payload
+    names = {"student": "DAFormer student", "teacher": "DAFormer EMA teacher"}
+    return converted_payload(
+        cfg, lambda state, target, role: mmseg_to_project(state, cfg, target, what=f"{path}: {names[role]}"),
+        student, teacher, iteration, {"kind": "mmseg", "variant": "daformer", "file": str(path)})

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from cordaseg.world.render import Camera, GBuffer, cast_rays, shadow_mask
-from cordaseg.world.scene import MATERIALS, ROAD, SIDEWALK, TERRAIN, Scene, SceneParams, sample_scene
+from cordaseg.world.scene import MATERIALS, ROAD, Scene, SceneParams, sample_scene
 from cordaseg.world.scene import M as MAT
 
 
@@ -334,5 +334,3 @@ def render_frame(domain: Domain, size: tuple[int, int], rng: np.random.Generator
     return frame
 
 
-# Ground-level classes for documentation and tests: what the ground plane and kerbs are drawn as.
-GROUND_LABELS = (ROAD, SIDEWALK, TERRAIN)

@@ -374,8 +374,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         target = transforms.resized_size(source_size, self.resize, self.resize_scale)
         geometry = transforms.sample_geometry(rng, source_size, target, self.cfg.crop,
                                               self.cfg.scale_range, self.cfg.flip)
+        label = None
         if self.cfg.cat_max_ratio < 1.0 and self.cfg.crop is not None and frame.label is not None:
-            geometry = self._class_balanced_window(frame.label, geometry, rng)
+            geometry, label = self._class_balanced_window(frame.label, geometry, rng)
         # Padding: the mean colour (about 0 after normalisation), ignore label, invalid depth.
         fill = tuple(int(round(m)) for m in self.cfg.mean_bgr)
         image = transforms.apply_geometry(frame.image_bgr, geometry, IMAGE_RESAMPLE[fmt], fill)
@@ -383,10 +384,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         # ID mapping and depth decoding run inside apply_geometry (on the cropped region only with PIL).
         if frame.label is None:
             label = np.full((out_h, out_w), IGNORE_INDEX, dtype=np.uint8)
-        else:
-            table = label_table(self.cfg)
-            label = transforms.apply_geometry(frame.label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
-                                              convert=lambda ids: table[ids])
+        elif label is None:  # (the crop rule has the accepted window's labels already)
+            label = self._crop_label(frame.label, geometry)
         if frame.depth is None:
             depth = np.full((out_h, out_w), formats.INVALID_DEPTH, dtype=np.float32)
         else:
@@ -395,20 +394,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                               backend=self.cfg.depth_backend)
         return image, label, depth
 
+    def _crop_label(self, raw_label: np.ndarray, geometry: transforms.Geometry) -> np.ndarray:
+        """Train-ID labels of the crop ``geometry`` (ID mapping on the cropped region only)."""
+        table = label_table(self.cfg)
+        return transforms.apply_geometry(raw_label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
+                                         convert=lambda ids: table[ids])
+
     def _class_balanced_window(self, raw_label: np.ndarray, geometry: transforms.Geometry,
-                               rng: np.random.Generator) -> transforms.Geometry:
+                               rng: np.random.Generator) -> tuple[transforms.Geometry, np.ndarray | None]:
         """mmseg's ``RandomCrop`` with ``cat_max_ratio``: test the crop's train-ID labels up to 10
         times, drawing a new window (same scale and flip) after each failed test; the window drawn
-        after the 10th failure is kept unchecked."""
-        table = label_table(self.cfg)
+        after the 10th failure is kept unchecked. Returns the window and its labels (None for the
+        unchecked window, whose labels were not computed)."""
         for _ in range(CAT_MAX_TRIES):
-            label = transforms.apply_geometry(raw_label, geometry, LABEL_RESAMPLE, IGNORE_INDEX,
-                                              convert=lambda ids: table[ids])
+            label = self._crop_label(raw_label, geometry)
             if not transforms.dominated(label, self.cfg.cat_max_ratio, IGNORE_INDEX):
-                break
+                return geometry, label
             window = transforms.draw_window(rng, geometry.target_size, self.cfg.crop)
             geometry = dataclasses.replace(geometry, window=window)
-        return geometry
+        return geometry, None
 
     def _eval_geometry(self, frame: RawFrame):
         height, width = frame.image_bgr.shape[:2]

@@ -83,8 +83,9 @@ def convert_reference(obj: Any, path: str | Path = "<memory>", variant: str | No
     student = strip_module_prefix(student)
     variant = variant or detect_variant(student)
     cfg = infer_shape_config(student, variant)
+    teacher = None if teacher is None else strip_module_prefix(teacher)
     return converted_payload(
-        cfg, lambda state, target, _: reference_to_project(strip_module_prefix(state), target, cfg.arch),
+        cfg, lambda state, target, _: reference_to_project(state, target, cfg.arch),
         student, teacher, iteration, {"kind": "reference", "variant": variant, "file": str(path)})
 
 

@@ -122,7 +122,8 @@ MODERN_MODEL: dict[str, Any] = {
 """The encoder-decoder of the modern preset: MiT-B0's layout (2 blocks per stage) at half its
 published widths (16, 32, 80, 128 channels), the DAFormer fusion decoder at width 64 (256
 published), mmseg's zero classifier bias. About 1.1 M parameters, the size of the demo's
-ResNet-18 at width 16 (0.8 M); about 3x its time per iteration on the CPU."""
+ResNet-18 at width 16 (0.8 M; both counts checked in tests/test_benchmark_stats.py); 2.3-2.9x its
+seconds per iteration on the CPU (benchmarks/RESULTS.md)."""
 
 MODERN_LR = 6e-4
 """AdamW learning rate of the modern preset, encoder and heads alike (``head_lr_mult`` 1). DAFormer's
@@ -403,7 +404,7 @@ def estimate_minutes(args: argparse.Namespace) -> float:
             for m in METHODS}
     seconds = expected_seconds(cfg, plan, world=True) + 0.2 * REFERENCE_WORLD_SECONDS
     if args.preset == "modern":
-        # Measured on the world (2 idle cores): the MiT runs take about 3x the ResNet-18's time.
+        # The MiT runs took 2.3-2.9x the ResNet-18's seconds per iteration (benchmarks/RESULTS.md).
         seconds += 3 * (cfg.source_iterations * REFERENCE_SPEED["source_only"]
                         + 2 * cfg.adaptation_iterations * REFERENCE_SPEED["dacs"]
                         + cfg.adaptation_iterations * REFERENCE_SPEED["corda"])

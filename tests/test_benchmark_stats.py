@@ -122,6 +122,7 @@ def test_interval_chart_draws_without_matplotlib(tmp_path):
 
 def test_modern_preset_runs_are_valid_training_configs_scaled_to_the_crop(tmp_path):
     from cordaseg.demo.pipeline import train_config
+    from cordaseg.models.corda import build_model
 
     benchmark = _benchmark()
     cfg = DemoConfig(target_depth="stereo", source_iterations=600, adaptation_iterations=300)
@@ -141,6 +142,9 @@ def test_modern_preset_runs_are_valid_training_configs_scaled_to_the_crop(tmp_pa
     assert mic.source.rare_class_sampling.min_pixels == 188  # 3000 * (128 / 512) ** 2
     assert not source.source.rare_class_sampling.enabled
     assert (corda.model.arch, corda.adaptation.method, corda.adaptation.feature_distance_weight) == ("corda", "corda", 0)
+    mit = sum(p.numel() for p in build_model(source.model).parameters())
+    resnet = sum(p.numel() for p in build_model(cfg.model("deeplab")).parameters())
+    assert 1.0e6 < mit < 1.2e6 and 0.7e6 < resnet < 0.9e6  # the sizes the preset's docstring gives
     titles = benchmark.titles(cfg, "modern")
     assert {"source_only", "dacs", "corda", "oracle", "daformer", "corda_mic_daformer"} <= set(titles)
     assert ("corda_mic_daformer", "mic_daformer") in benchmark.pairs(cfg, "modern")
